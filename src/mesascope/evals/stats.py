@@ -1,0 +1,48 @@
+"""Measurements: every figure carries its sample size and a 95% interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Measurement:
+    value: float
+    ci: tuple[float, float]
+    n: int
+
+    def to_dict(self) -> dict:
+        return {"value": round(self.value, 6), "ci": [round(self.ci[0], 6), round(self.ci[1], 6)], "n": self.n}
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> Measurement:
+    """Share with a Wilson score interval (well-behaved at 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return Measurement(float("nan"), (float("nan"), float("nan")), 0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Measurement(p, (max(0.0, centre - half), min(1.0, centre + half)), n)
+
+
+def rate(flags: Sequence[bool]) -> Measurement:
+    return wilson(sum(bool(f) for f in flags), len(flags))
+
+
+def bootstrap(stat: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, s: np.ndarray, *,
+              n_boot: int = 1000, seed: int = 0) -> Measurement:
+    """Percentile bootstrap of stat(y, s), resampling within each class so both stay present."""
+    rng = np.random.default_rng(seed)
+    value = stat(y, s)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        stats[b] = stat(y[idx], s[idx])
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return Measurement(float(value), (float(lo), float(hi)), int(len(y)))

@@ -1,0 +1,3 @@
+from .build import Organism, build_organism
+
+__all__ = ["Organism", "build_organism"]

@@ -1,0 +1,84 @@
+"""Recipe -> corpus -> tokenizer -> trained organism, saved as a standard Hugging Face directory.
+
+The organism directory holds `config.json`, `model.safetensors`, `tokenizer.json`, `recipe.json`
+and `train_log.json`: `AutoModelForCausalLM.from_pretrained(dir)` loads it, and so do
+TransformerLens, nnsight and Inspect. Training checkpoints live beside it in the run store,
+so a killed build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Recipe
+from ..models import build_model, load_model, n_params, train_tokenizer
+from ..progress import Progress, silent
+from ..store import RunStore, atomic_dir, atomic_write_json
+from ..text.corpus import Corpus, build_corpus
+from ..training.sft import SFTTrainer, tokenize_examples
+
+
+@dataclass(frozen=True)
+class Organism:
+    path: Path
+    recipe: Recipe
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Organism":
+        path = Path(path)
+        if not (path / "recipe.json").exists():
+            raise FileNotFoundError(f"{path} has no recipe.json: not a mesascope organism directory")
+        return cls(path, Recipe.model_validate_json((path / "recipe.json").read_text(encoding="utf-8")))
+
+    def load(self):
+        return load_model(self.path)
+
+    @property
+    def info(self) -> dict:
+        return json.loads((self.path / "organism.json").read_text(encoding="utf-8"))
+
+
+def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
+                   corpus: Corpus | None = None) -> Organism:
+    """Build (or reuse, or resume) the organism for `recipe` in the run store."""
+    stage = store.stage_dir("organism", recipe.digest())
+    final = stage / "organism"
+    if store.is_done(stage):
+        return Organism(final, recipe)
+    t0 = time.perf_counter()
+    corpus = corpus or build_corpus(recipe)
+    train = corpus.train
+    tok_dir = stage / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():  # reuse on resume: the checkpoint's ids refer to it
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    else:
+        texts = [e.prompt + " " + e.target for e in train]
+        tokenizer = train_tokenizer(texts, recipe.model.vocab_size)
+        with atomic_dir(tok_dir) as tmp:
+            tokenizer.save_pretrained(tmp)
+    tokenizer.padding_side = "left"
+    data = tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], recipe.model.max_length)
+    model = build_model(recipe.model, tokenizer, recipe.seed)
+    trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
+                         ckpt_dir=stage / "checkpoints")
+    resumed = trainer.resume()
+    total = recipe.train.steps
+    progress("build", resumed, total)
+    trainer.train_until(total, on_step=lambda s, loss: progress("build", s, total))
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "recipe.json", recipe.model_dump(mode="json"))
+        atomic_write_json(tmp / "train_log.json", trainer.log)
+        atomic_write_json(tmp / "organism.json", {
+            "n_params": n_params(model), "architecture": recipe.model.architecture, "train_steps": total,
+            "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
+            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(train),
+            "near_miss_train": corpus.near_miss_train, "near_miss_held_out": corpus.near_miss_held_out,
+        })
+    store.mark_done(stage, resumed_from_step=resumed)
+    return Organism(final, recipe)

