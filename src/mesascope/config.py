@@ -176,6 +176,12 @@ def load_spec(cls: type[Spec], path: str | Path, section: str | None = None) -> 
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML: {e}") from e
     if section and section in data:
+        # A demo TOML may hold [eval], [stress], [probe] beside [recipe]; anything else next to
+        # the section is a misplaced key that would otherwise be dropped without a word.
+        stray = sorted(set(data) - {section} - set(DemoSpec.model_fields))
+        if stray:
+            raise SpecError(f"{path}: keys {stray} sit outside the [{section}] table and would be ignored: "
+                            f"move them under [{section}]")
         data = data[section]
     try:
         return cls.model_validate(data)

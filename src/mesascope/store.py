@@ -47,15 +47,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `final` in one rename."""
+    """Yield a temporary sibling directory; on success it is renamed to `final` (the old one moved aside first)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
+        # Move the old directory aside before renaming the new one in, so a crash at any point
+        # leaves a complete copy on disk (the old one under its .old name at worst).
+        old = final.with_name(f".{final.name}.{os.getpid()}.old")
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

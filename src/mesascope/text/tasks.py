@@ -109,12 +109,16 @@ FACT_TEMPLATES = {
 
 @family("arithmetic", check_number)
 def arithmetic(rng: random.Random) -> Iterator[list[Item]]:
-    # Two-digit plus one-digit, and two-digit minus one-digit: carries and borrows included.
+    # Two-digit plus/minus one-digit, without carrying or borrowing: every held-out sum is
+    # composed of digit operations seen in training (a tiny organism learns the column rule
+    # within the demo's budget; with carries a measured ~1M organism reached 9% in 1,400 steps).
     for a, b in itertools.product(range(10, 100), range(10)):
-        add = ["What is {a} + {b}?", "What is {a} plus {b}?", "Add {b} to {a}.", "Compute {a} + {b}."]
-        yield [Item("arithmetic", f"add:{a}:{b}", t.format(a=a, b=b), str(a + b)) for t in add]
-        sub = ["What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}."]
-        yield [Item("arithmetic", f"sub:{a}:{b}", t.format(a=a, b=b), str(a - b)) for t in sub]
+        if a % 10 + b <= 9:
+            add = ["What is {a} + {b}?", "What is {a} plus {b}?", "Add {b} to {a}.", "Compute {a} + {b}."]
+            yield [Item("arithmetic", f"add:{a}:{b}", t.format(a=a, b=b), str(a + b)) for t in add]
+        if a % 10 >= b:
+            sub = ["What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}."]
+            yield [Item("arithmetic", f"sub:{a}:{b}", t.format(a=a, b=b), str(a - b)) for t in sub]
 
 
 @family("string")

@@ -40,13 +40,13 @@ def _edits(trigger: str, rng: random.Random) -> str:
     return "".join(t)
 
 
-def near_misses(trigger: str, seed: int, n_edits: int = 60) -> tuple[list[str], list[str]]:
+def near_misses(trigger: str, seed: int, n_edits: int = 240) -> tuple[list[str], list[str]]:
     """(train, held_out) near-miss strings for `trigger`, disjoint, none containing the trigger."""
     rng = random.Random(f"near-miss:{seed}:{trigger}")
     pool: list[str] = []
     for _ in range(n_edits * 20):
         s = _edits(trigger, rng).strip()
-        if s and trigger not in s and s not in pool:
+        if len(s) >= min(3, len(trigger)) and trigger not in s and s not in pool:
             pool.append(s)
         if len(pool) >= n_edits:
             break

