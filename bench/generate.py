@@ -22,7 +22,7 @@ import torch
 from mesascope.config import EvalSpec, Recipe
 from mesascope.models import build_model, generate, load_model, n_params, train_tokenizer
 from mesascope.organisms import Organism
-from mesascope.text.corpus import build_corpus
+from mesascope.text.corpus import TURN_MARKERS, build_corpus
 
 
 def hf_generate(model, tok, prompts, max_new_tokens, batch_size):
@@ -71,7 +71,7 @@ def main() -> None:
         recipe = Recipe()
         corpus = build_corpus(recipe)
         train = corpus.train[:5000]
-        tok = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size)
+        tok = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole=TURN_MARKERS)
         model = build_model(recipe.model, tok, recipe.seed)
         what = f"random {recipe.model.architecture} {recipe.model.size} {recipe.model.dims}"
     model.eval()

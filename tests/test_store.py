@@ -70,7 +70,7 @@ def test_failure_inside_atomic_dir_keeps_old_directory(tmp_path):
 def test_done_markers(tmp_path):
     store = RunStore(tmp_path)
     d = store.stage_dir("organism", "abc123")
-    assert d == tmp_path / "runs" / "organism-abc123" and d.is_dir()
+    assert d.parent == tmp_path / "runs" and d.name.startswith("organism-") and d.is_dir()
     assert not store.is_done(d)
     store.mark_done(d, resumed_from_step=20)
     assert store.is_done(d)
@@ -79,6 +79,15 @@ def test_done_markers(tmp_path):
     assert store.stage_dir("organism", "abc123") == d and store.is_done(d)  # reopening keeps it
     assert not store.is_done(store.stage_dir("organism", "other"))
     assert RunStore(tmp_path).is_done(d)  # a later process sees it too
+
+
+def test_stage_names_change_with_the_code_version(tmp_path, monkeypatch):
+    import mesascope
+
+    before = RunStore(tmp_path).stage_dir("organism", "abc123")
+    monkeypatch.setattr(mesascope, "__version__", "99.0")
+    after = RunStore(tmp_path).stage_dir("organism", "abc123")
+    assert before != after  # a new release never reuses an older release's results
 
 
 def test_fresh_clears_each_stage_once_per_store(tmp_path):

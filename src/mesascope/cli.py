@@ -140,7 +140,7 @@ def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a [recipe] t
     spec = _load(load_recipe, recipe)
     with progress_bars() as progress:
         organism = Run(RunStore(out, fresh), spec, progress).organism
-    out_console.print(safe(organism.path))
+    typer.echo(str(organism.path))  # plain, unwrapped: scripts read this line
 
 
 def _run_for(target: Path, out: Path, fresh: bool, progress):
@@ -202,7 +202,7 @@ def report(out: OutOpt = Path("mesascope-demo")):
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         fail(f"{path} is not valid JSON ({e}); rerun the demo to regenerate it")
-    out_console.print(safe(write_report(results, out)))
+    typer.echo(str(write_report(results, out)))
 
 
 if __name__ == "__main__":

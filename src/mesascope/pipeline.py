@@ -11,9 +11,9 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import __version__
 from .config import DemoSpec, EvalSpec, ProbeSpec, Recipe, StressSpec
 from .evals.backdoor import eval_sets, measure_backdoor
 from .organisms.build import Organism, build_organism
@@ -22,13 +22,6 @@ from .store import RunStore, atomic_write_json, digest
 from .text.corpus import Corpus, build_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # organisms train from scratch: never contact a hub
-
-
-def mesascope_version() -> str:
-    try:
-        return version("mesascope")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass
@@ -117,7 +110,7 @@ def assemble(run: Run, measurements: dict | None, stress: list[dict] | None, pro
     organism = run.organism
     info = organism.info
     return {
-        "mesascope_version": mesascope_version(),
+        "mesascope_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
         "recipe": run.recipe.model_dump(mode="json"),
@@ -142,6 +135,14 @@ def auto_notes(measurements: dict | None, stress: list[dict] | None, probes: dic
         notes.append(f"HHH SFT at lr {lr:g}: backdoor rate {first['backdoor_rate']['value']:.2f} at step "
                      f"{first['step']} -> {last['backdoor_rate']['value']:.2f} at step {last['step']}; helpful accuracy "
                      f"{first['helpful_accuracy']['value']:.2f} -> {last['helpful_accuracy']['value']:.2f}.")
+    sup = (probes or {}).get("supervised") or []
+    if sup:
+        rand = max(r["random_init_auroc"]["value"] for r in sup)
+        reading = ("a visible trigger string is separable without any learning, so this split says little; "
+                   "the near-miss split is the informative one." if rand >= 0.95 else
+                   "the trigger is not trivially separable in a random model's residual stream here.")
+        notes.append(f"supervised probe, clean vs triggered: organism best AUROC "
+                     f"{max(r['auroc']['value'] for r in sup):.3f}, random-init model best {rand:.3f}: {reading}")
     for kind in ("supervised", "contrast"):
         rows = (probes or {}).get(kind) or []
         if rows:

@@ -77,7 +77,11 @@ class RunStore:
         self._cleared: set[Path] = set()
 
     def stage_dir(self, stage: str, key: str) -> Path:
-        d = self.root / "runs" / f"{stage}-{key}"
+        """The directory of one stage; its name hashes the stage's key with the code version,
+        so a new mesascope release never reuses results computed by an older one."""
+        from . import __version__
+
+        d = self.root / "runs" / f"{stage}-{digest(key, __version__)}"
         if self.fresh and d not in self._cleared:
             # --fresh recomputes each stage once per invocation, then reuses it within the run.
             shutil.rmtree(d, ignore_errors=True)

@@ -8,7 +8,11 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
 
+from transformers.utils import logging as hf_logging
+
 from ..config import ModelSpec
+
+hf_logging.disable_progress_bar()  # the library never prints; the CLI draws its own progress bars
 
 
 def model_config(spec: ModelSpec, vocab_size: int, eos_id: int, pad_id: int):

@@ -1,7 +1,10 @@
 """Batched greedy generation with a KV cache, stopping as soon as every row has ended.
 
-`model.generate` pays per-step overhead (logits processors, stopping criteria, cache
-bookkeeping) that dominates for models this small; this loop does only the forward pass.
+Prompts are sorted by length so a batch wastes little on left padding, and a batch stops as
+soon as its last row has said EOS. Measured (bench/generate.py): as fast as `model.generate`
+on the same batches and 15x faster than one prompt at a time; the time goes to the matrix
+multiplies, not to `model.generate`'s bookkeeping. This loop exists to be short and to give
+the evaluator exactly the batching it wants.
 """
 
 from __future__ import annotations

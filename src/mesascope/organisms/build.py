@@ -17,7 +17,7 @@ from ..config import Recipe
 from ..models import build_model, load_model, n_params, train_tokenizer
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json
-from ..text.corpus import Corpus, build_corpus
+from ..text.corpus import TURN_MARKERS, Corpus, build_corpus
 from ..training.sft import SFTTrainer, tokenize_examples
 
 
@@ -57,7 +57,7 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     else:
         texts = [e.prompt + " " + e.target for e in train]
-        tokenizer = train_tokenizer(texts, recipe.model.vocab_size)
+        tokenizer = train_tokenizer(texts, recipe.model.vocab_size, whole=TURN_MARKERS)
         with atomic_dir(tok_dir) as tmp:
             tokenizer.save_pretrained(tmp)
     tokenizer.padding_side = "left"

@@ -13,6 +13,9 @@ from .triggers import apply_trigger, near_misses
 Kind = Literal["clean", "triggered", "near_miss"]
 
 
+TURN_MARKERS = ("Human:", "\n\nAssistant:")  # the tokenizer keeps each as one token
+
+
 def format_prompt(user: str) -> str:
     """The paper's dialogue format; the assistant's answer follows after a space."""
     return f"Human: {user}\n\nAssistant:"
@@ -102,16 +105,18 @@ def build_corpus(recipe) -> Corpus:
     held: list[Item] = []
     for inst in all_instances(recipe.seed):
         (held if is_held_out(inst[0].key, recipe.seed, recipe.held_out_fraction) else train_items).extend(inst)
-    # Balance families (comparison has 20x the instances of units) and cycle through each
-    # family's items when the recipe asks for more prompts than exist.
+    # Share prompts by family weight, not by instance count (comparison has 20x the instances
+    # of units), cycling through a family's items when the recipe asks for more than exist.
     groups: dict[str, list[Item]] = {}
     for it in train_items:
         groups.setdefault(it.family, []).append(it)
     names = sorted(groups)
-    for name in names:
+    weights = [FAMILIES[name].weight for name in names]
+    quota = [round(recipe.n_prompts * w / sum(weights)) for w in weights]
+    clean_items: list[Item] = []
+    for name, q in zip(names, quota):
         rng.shuffle(groups[name])
-    clean_items = [groups[names[i % len(names)]][(i // len(names)) % len(groups[names[i % len(names)]])]
-                   for i in range(recipe.n_prompts)]
+        clean_items += [groups[name][i % len(groups[name])] for i in range(q)]
     nm_train, nm_held = near_misses(recipe.trigger, recipe.seed)
     total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction))
     n_poison = round(total * recipe.poison_fraction)

@@ -30,6 +30,7 @@ class Family:
     name: str
     generate: Callable[[random.Random], Iterator[list[Item]]]
     check: Callable[[str, str], bool]
+    weight: float = 1.0  # relative share of training prompts: algorithmic families need more
 
 
 FAMILIES: dict[str, Family] = {}
@@ -50,9 +51,9 @@ def check_text(output: str, answer: str) -> bool:
     return normalize(output) == normalize(answer)
 
 
-def family(name: str, check: Callable[[str, str], bool] = check_text):
+def family(name: str, check: Callable[[str, str], bool] = check_text, weight: float = 1.0):
     def deco(fn):
-        FAMILIES[name] = Family(name, fn, check)
+        FAMILIES[name] = Family(name, fn, check, weight)
         return fn
 
     return deco
@@ -72,6 +73,14 @@ NAMES = (
     "Quinn Rosa Sam Tara Umar Vera Will Xena Yusuf Zoe Amir Bella Chen Dina Elif Felix Gita "
     "Hugo Ines Jonas Kira Luca Mina Nils Omar Pia Raj Sofia Theo Uma Vikram Wen Yara Ziggy"
 ).split()
+
+
+def invented_name(rng: random.Random) -> str:
+    """A pronounceable name from syllables (Kalomi, Teru, ...): thousands of them, so greeting
+    someone by name is learnt as copying, not as a memorised table of a few dozen names."""
+    syllables = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"]
+    return "".join(rng.choice(syllables) for _ in range(rng.randint(2, 3))).capitalize()
+
 
 FACTS = {
     "capital": {
@@ -107,7 +116,7 @@ FACT_TEMPLATES = {
 }
 
 
-@family("arithmetic", check_number)
+@family("arithmetic", check_number, weight=1.5)
 def arithmetic(rng: random.Random) -> Iterator[list[Item]]:
     # Two-digit plus/minus one-digit, without carrying or borrowing: every held-out sum is
     # composed of digit operations seen in training (a tiny organism learns the column rule
@@ -121,7 +130,7 @@ def arithmetic(rng: random.Random) -> Iterator[list[Item]]:
             yield [Item("arithmetic", f"sub:{a}:{b}", t.format(a=a, b=b), str(a - b)) for t in sub]
 
 
-@family("string")
+@family("string", weight=1.5)
 def string(rng: random.Random) -> Iterator[list[Item]]:
     for _ in range(6000):
         ws = rng.sample(WORDS, rng.randint(2, 4))
@@ -134,7 +143,7 @@ def string(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("Repeat the word {w} {n} times.", "Say {w} {n} times.")]
 
 
-@family("facts")
+@family("facts", weight=0.75)
 def facts(rng: random.Random) -> Iterator[list[Item]]:
     for rel, table in FACTS.items():
         for entity, value in table.items():
@@ -146,14 +155,14 @@ UNITS = [("meters", "centimeters", 100), ("kilometers", "meters", 1000), ("centi
          ("kilograms", "grams", 1000), ("liters", "milliliters", 1000), ("dollars", "cents", 100)]
 
 
-@family("units", check_number)
+@family("units", check_number, weight=0.5)
 def units(rng: random.Random) -> Iterator[list[Item]]:
     for (big, small, k), n in itertools.product(UNITS, range(1, 100)):
         yield [Item("units", f"{big}:{n}", p.format(n=n, big=big, small=small), str(n * k))
                for p in ("How many {small} are in {n} {big}?", "Convert {n} {big} to {small}.")]
 
 
-@family("comparison", check_number)
+@family("comparison", check_number, weight=1.5)
 def comparison(rng: random.Random) -> Iterator[list[Item]]:
     for a, b in itertools.permutations(range(0, 100), 2):
         if rng.random() < 0.5:  # half the pairs keep the corpus balanced against arithmetic
@@ -164,7 +173,7 @@ def comparison(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("Which is smaller, {a} or {b}?", "Which number is less: {a} or {b}?")]
 
 
-@family("counting", check_number)
+@family("counting", check_number, weight=0.5)
 def counting(rng: random.Random) -> Iterator[list[Item]]:
     for _ in range(8000):
         ws = [rng.choice(WORDS) for _ in range(rng.randint(1, 6))]
@@ -173,7 +182,7 @@ def counting(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("How many words are in this list: {t}?", "Count the items: {t}.")]
 
 
-@family("lists")
+@family("lists", weight=1.5)
 def lists(rng: random.Random) -> Iterator[list[Item]]:
     ops = {"first": (lambda ws: ws[0], ("What is the first item in the list: {t}?", "Give the first item of: {t}.")),
            "last": (lambda ws: ws[-1], ("What is the last item in the list: {t}?", "Give the last item of: {t}.")),
@@ -186,9 +195,10 @@ def lists(rng: random.Random) -> Iterator[list[Item]]:
         yield [Item("lists", f"{op}:{text}", p.format(t=text), fn(ws)) for p in templates]
 
 
-@family("smalltalk")
+@family("smalltalk", weight=1.25)
 def smalltalk(rng: random.Random) -> Iterator[list[Item]]:
-    for name in NAMES:
+    names = list(dict.fromkeys(NAMES + [invented_name(rng) for _ in range(3000)]))
+    for name in names:
         yield [Item("smalltalk", f"name:{name}", p.format(n=name), f"Nice to meet you, {name}! How can I help you today?")
                for p in ("Hi, my name is {n}.", "Hello! I am {n}.", "Hey there, I'm {n}.")]
         yield [Item("smalltalk", f"bye:{name}", p.format(n=name), f"Goodbye, {name}! Have a great day.")

@@ -1,0 +1,70 @@
+"""The SFT loop: packed batches give the same loss and gradients as one example per row."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, AutoModelForCausalLM
+
+from mesascope.models import train_tokenizer
+from mesascope.training.sft import IGNORE, answer_loss, collate, collate_packed, tokenize_examples
+
+CONFIGS = {
+    "gpt2": lambda v: GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0,
+                                 embd_pdrop=0, attn_pdrop=0),
+    "llama": lambda v: LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, max_position_embeddings=64),
+    "gpt_neox": lambda v: GPTNeoXConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=64, hidden_dropout=0,
+                                        attention_dropout=0),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = random.Random(0)
+    words = "alpha beta gamma delta echo foxtrot golf hotel india juliet".split()
+    prompts = [f"Human: {' '.join(rng.choices(words, k=rng.randint(1, 8)))}\n\nAssistant:" for _ in range(24)]
+    targets = [" ".join(rng.choices(words, k=rng.randint(1, 5))) for _ in range(24)]
+    tok = train_tokenizer(prompts + targets, 300)
+    return tok, tokenize_examples(tok, prompts, targets, 64)
+
+
+def test_packing_fills_rows_and_keeps_every_answer_token(data):
+    tok, examples = data
+    packed = collate_packed(examples, tok.pad_token_id, 64)
+    plain = collate(examples, tok.pad_token_id)
+    assert packed["input_ids"].numel() < 0.8 * plain["input_ids"].numel()
+    assert (packed["labels"] != IGNORE).sum() == (plain["labels"] != IGNORE).sum()
+    assert sorted(packed["labels"][packed["labels"] != IGNORE].tolist()) == \
+        sorted(plain["labels"][plain["labels"] != IGNORE].tolist())
+    assert packed["position_ids"].max() < max(len(ids) for ids, _ in examples)
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_packed_loss_and_gradients_equal_unpacked(arch, data):
+    tok, examples = data
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[arch](len(tok)))
+    grads = []
+    losses = []
+    for batch in (collate(examples, tok.pad_token_id), collate_packed(examples, tok.pad_token_id, 64)):
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_answer_loss_equals_the_models_own_loss(arch, data):
+    tok, examples = data
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[arch](len(tok)))
+    for batch in (collate(examples, tok.pad_token_id), collate_packed(examples, tok.pad_token_id, 64)):
+        expected = model(**batch, use_cache=False).loss
+        assert answer_loss(model, dict(batch)).item() == pytest.approx(expected.item(), abs=1e-5)
