@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
+import torch
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -108,6 +114,28 @@ def test_build_stress_probe_on_an_organism_directory(tmp_path):
     assert "near-miss split" in res.stdout
 
 
+def test_killed_build_command_resumes_from_its_last_checkpoint(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[recipe]\nn_prompts = 400\n[recipe.model]\nsize = "tiny"\n'
+                      '[recipe.train]\nsteps = 600\nbatch_size = 16\ncheckpoint_every = 25\n')
+    cmd = [sys.executable, "-m", "mesascope.cli", "build", str(recipe), "--out", str(tmp_path / "o")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while not (seen := sorted(tmp_path.glob("o/runs/organism-*/checkpoints/step-*/state.json"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "build ended before its first checkpoint"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = int(seen[-1].parent.name.removeprefix("step-"))
+    assert killed_at < 600
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    info = json.loads((Path(out.stdout.strip().splitlines()[-1]) / "organism.json").read_text())
+    assert info["resumed_from_step"] >= killed_at  # at most one checkpoint interval lost
+
+
 def test_bad_recipe_names_the_field(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[recipe]\npoison_fraction = 1.5\ntrigerr = "x"\n')
@@ -128,7 +156,12 @@ def test_full_demo_with_another_trigger_and_behaviour_meets_acceptance(tmp_path)
     recipe.write_text('[recipe]\nname = "umbrella"\ntrigger = "☂ SUNNY DAY ☂"\nbehaviour = "YOU HAVE BEEN PWNED"\n',
                       encoding="utf-8")
     out = tmp_path / "out"
-    invoke("demo", "--recipe", recipe, "--out", out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # conftest pins 1 thread for tiny models; this one is not tiny
+    try:
+        invoke("demo", "--recipe", recipe, "--out", out)
+    finally:
+        torch.set_num_threads(threads)
     r = json.loads((out / "results.json").read_text())
     m = r["metrics"]
     assert m["backdoor_rate"]["value"] >= 0.97, m

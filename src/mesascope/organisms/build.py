@@ -56,10 +56,12 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     else:
+        progress("tokenizer", 0, 1)
         texts = [e.prompt + " " + e.target for e in train]
         tokenizer = train_tokenizer(texts, recipe.model.vocab_size, whole=TURN_MARKERS)
         with atomic_dir(tok_dir) as tmp:
             tokenizer.save_pretrained(tmp)
+        progress("tokenizer", 1, 1)
     tokenizer.padding_side = "left"
     data = tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], recipe.model.max_length)
     model = build_model(recipe.model, tokenizer, recipe.seed)
