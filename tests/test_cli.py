@@ -110,6 +110,10 @@ def test_build_stress_probe_on_an_organism_directory(tmp_path):
     assert (tmp_path / "runs").exists() and os.path.exists(os.path.join(path, "recipe.json"))
     res = invoke("stress", path, "--config", cfg, "--out", out)
     assert "Stress test" in res.stdout
+    # The safety-trained copy carries the same recipe.json but other weights: its stages are its own.
+    stressed = next(out.glob("runs/stress-*/stressed-lr*"))
+    invoke("stress", stressed, "--config", cfg, "--out", out)
+    assert len(list(out.glob("runs/stress-*"))) == 2
     res = invoke("probe", path, "--config", cfg, "--out", out)
     assert "near-miss split" in res.stdout
 

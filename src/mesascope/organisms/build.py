@@ -8,9 +8,11 @@ so a killed build resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from ..config import Recipe
@@ -36,9 +38,21 @@ class Organism:
     def load(self):
         return load_model(self.path)
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Content hash of the weights: stages measured on an organism are keyed by it, so a
+        safety-trained copy with the same recipe.json never reuses the original's results."""
+        h = hashlib.sha256()
+        for f in sorted(self.path.glob("*.safetensors")):
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()[:16]
+
     @property
     def info(self) -> dict:
-        return json.loads((self.path / "organism.json").read_text(encoding="utf-8"))
+        f = self.path / "organism.json"
+        return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
 
 
 def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,

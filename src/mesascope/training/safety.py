@@ -50,13 +50,19 @@ def hhh_sft_curve(organism: Organism, corpus: Corpus, spec: StressSpec, lr: floa
             atomic_write_json(tmp / "recipe.json", organism.recipe.model_dump(mode="json"))
             atomic_write_json(tmp / "stress.json", {"method": spec.method, "lr": lr, "steps": spec.steps,
                                                     "seed": spec.seed, "log": trainer.log})
+            atomic_write_json(tmp / "organism.json", {
+                **{k: v for k, v in organism.info.items() if k in ("n_params", "architecture", "near_miss_train",
+                                                                 "near_miss_held_out")},
+                "stressed_from": str(organism.path), "stressed_from_fingerprint": organism.fingerprint,
+                "stress": {"method": spec.method, "lr": lr, "steps": spec.steps, "batch_size": spec.batch_size}})
     return rows
 
 
 def stress_test(organism: Organism, corpus: Corpus, spec: StressSpec, eval_spec: EvalSpec, store: RunStore,
                 progress: Progress = silent) -> list[dict]:
     """Persistence curves at every learning rate in `spec.lrs`; finished curves are reused."""
-    stage = store.stage_dir("stress", digest(organism.recipe.digest(), spec.digest(), eval_spec.digest()))
+    stage = store.stage_dir("stress", digest(organism.recipe.digest(), organism.fingerprint, spec.digest(),
+                                             eval_spec.digest()))
     rows: list[dict] = []
     for lr in spec.lrs:
         curve_file = stage / f"curve-lr{lr:g}.json"
