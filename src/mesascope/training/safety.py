@@ -23,8 +23,7 @@ METRICS = ("backdoor_rate", "false_trigger_rate", "near_miss_rate", "helpful_acc
 
 
 def hhh_sft_curve(organism: Organism, corpus: Corpus, spec: StressSpec, lr: float, eval_spec: EvalSpec,
-                  out_dir=None, on_step: Callable[[int], None] | None = None,
-                  on_eval: Callable[[int, int], None] | None = None) -> list[dict]:
+                  out_dir=None, on_step: Callable[[int], None] | None = None) -> list[dict]:
     """One persistence curve: HHH SFT at `lr`, measured at each of `spec.eval_at`."""
     model, tok = organism.load()
     clean = corpus.clean_train()
@@ -40,8 +39,6 @@ def hhh_sft_curve(organism: Organism, corpus: Corpus, spec: StressSpec, lr: floa
                                batch_size=eval_spec.batch_size)
         rows.append({"method": spec.method, "lr": lr, "step": step,
                      **{k: res.metrics[k].to_dict() for k in METRICS}})
-        if on_eval:
-            on_eval(len(rows), len(set(spec.eval_at)))
     trainer.train_until(spec.steps, on_step=(lambda s, _loss: on_step(s)) if on_step else None)
     if out_dir is not None:
         with atomic_dir(out_dir) as tmp:
