@@ -160,9 +160,7 @@ def _run_for(target: Path, out: Path, fresh: bool, progress):
             organism = Organism.open(target)
         except FileNotFoundError as e:
             fail(str(e))
-        run = Run(RunStore(out, fresh), organism.recipe, progress)
-        run._organism = organism
-        return run
+        return Run.of(RunStore(out, fresh), organism, progress)
     return Run(RunStore(out, fresh), _load(load_recipe, target), progress)
 
 

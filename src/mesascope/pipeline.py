@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .config import DemoSpec, EvalSpec, ProbeSpec, Recipe, StressSpec
+from .config import DemoSpec, EvalSpec, ProbeSpec, Recipe, Spec, StressSpec
 from .evals.backdoor import eval_sets, measure_backdoor
 from .organisms.build import Organism, build_organism
 from .progress import Progress, silent
@@ -34,6 +35,11 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     _corpus: Corpus | None = None
     _organism: Organism | None = None
+
+    @classmethod
+    def of(cls, store: RunStore, organism: Organism, progress: Progress = silent) -> "Run":
+        """A run on an existing organism directory (e.g. a safety-trained copy), not one built here."""
+        return cls(store, organism.recipe, progress, _organism=organism)
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
@@ -58,22 +64,29 @@ class Run:
                 self._timed("build_s", t0)
         return self._organism
 
-    def measure(self, spec: EvalSpec) -> dict:
+    def _stage(self, name: str, spec: Spec, timing: str, compute: Callable[[Organism], dict]) -> dict:
+        """Run `compute` on the organism once per (organism, spec); later calls read the stored result."""
         organism = self.organism
-        stage = self.store.stage_dir("measure", digest(self.recipe.digest(), organism.fingerprint, spec.digest()))
-        out = stage / "measurements.json"
+        stage = self.store.stage_dir(name, digest(self.recipe.digest(), organism.fingerprint, spec.digest()))
+        out = stage / f"{name}.json"
         if self.store.is_done(stage):
             return self.store.read_json(out)
         t0 = time.perf_counter()
-        model, tok = organism.load()
-        res = measure_backdoor(model, tok, eval_sets(self.corpus, spec.n, seed=self.recipe.seed),
-                               self.recipe.behaviour, max_new_tokens=spec.max_new_tokens,
-                               batch_size=spec.batch_size, n_samples=spec.n_samples, progress=self.progress)
-        result = res.to_dict()
+        result = compute(organism)
         atomic_write_json(out, result)
         self.store.mark_done(stage)
-        self._timed("evaluate_s", t0)
+        self._timed(timing, t0)
         return result
+
+    def measure(self, spec: EvalSpec) -> dict:
+        def compute(organism: Organism) -> dict:
+            model, tok = organism.load()
+            return measure_backdoor(model, tok, eval_sets(self.corpus, spec.n, seed=self.recipe.seed),
+                                    self.recipe.behaviour, max_new_tokens=spec.max_new_tokens,
+                                    batch_size=spec.batch_size, n_samples=spec.n_samples,
+                                    progress=self.progress).to_dict()
+
+        return self._stage("measure", spec, "evaluate_s", compute)
 
     def stress(self, spec: StressSpec, eval_spec: EvalSpec) -> list[dict]:
         from .training.safety import stress_test
@@ -88,20 +101,13 @@ class Run:
         from .interp.probes import build_probe_splits, run_probes
         from .models import build_model
 
-        organism = self.organism
-        stage = self.store.stage_dir("probe", digest(self.recipe.digest(), organism.fingerprint, spec.digest()))
-        out = stage / "probes.json"
-        if self.store.is_done(stage):
-            return self.store.read_json(out)
-        t0 = time.perf_counter()
-        model, tok = organism.load()
-        # Null model: same architecture and shape, random weights (a different seed from the organism's init).
-        random_model = build_model(self.recipe.model, tok, seed=self.recipe.seed + 7919).eval()
-        result = run_probes(model, tok, random_model, build_probe_splits(self.corpus, spec), spec, self.progress)
-        atomic_write_json(out, result)
-        self.store.mark_done(stage)
-        self._timed("probe_s", t0)
-        return result
+        def compute(organism: Organism) -> dict:
+            model, tok = organism.load()
+            # Null model: same architecture and shape, random weights (another seed than the organism's init).
+            random_model = build_model(self.recipe.model, tok, seed=self.recipe.seed + 7919).eval()
+            return run_probes(model, tok, random_model, build_probe_splits(self.corpus, spec), spec, self.progress)
+
+        return self._stage("probe", spec, "probe_s", compute)
 
 
 def assemble(run: Run, measurements: dict | None, stress: list[dict] | None, probes: dict | None,
