@@ -167,30 +167,29 @@ def _run_for(target: Path, out: Path, fresh: bool, progress):
 Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
 
 
-@app.command()
-def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose stress and eval tables apply.")] = None):
-    """Safety-train an organism (HHH SFT on clean data) and measure the backdoor along the way."""
+def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], work) -> None:
+    """Shared body of `stress` and `probe`: `work(run, spec)` returns (stress rows, probes)."""
     from .pipeline import assemble
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
         run = _run_for(target, out, fresh, progress)
-        rows = run.stress(spec.stress, spec.eval)
-    show_results(assemble(run, None, rows, None), out)
+        stress_rows, probes = work(run, spec)
+    show_results(assemble(run, None, stress_rows, probes), out)
+
+
+@app.command()
+def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
+           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose stress and eval tables apply.")] = None):
+    """Safety-train an organism (HHH SFT on clean data) and measure the backdoor along the way."""
+    _measure_target(target, out, fresh, config, lambda run, spec: (run.stress(spec.stress, spec.eval), None))
 
 
 @app.command()
 def probe(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose probe table applies.")] = None):
     """Fit per-layer probes (supervised and generic contrast pair) and score them on held-out prompts."""
-    from .pipeline import assemble
-
-    spec = _demo_spec(config, None)
-    with progress_bars() as progress:
-        run = _run_for(target, out, fresh, progress)
-        probes = run.probe(spec.probe)
-    show_results(assemble(run, None, None, probes), out)
+    _measure_target(target, out, fresh, config, lambda run, spec: (None, run.probe(spec.probe)))
 
 
 @app.command()
