@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from .config import DemoSpec, EvalSpec, ProbeSpec, Recipe, Spec, StressSpec
 from .evals.backdoor import eval_sets, measure_backdoor
-from .organisms.build import Organism, build_organism
+from .organisms.build import Organism, build_organism, organism_stage
 from .progress import Progress, silent
 from .store import RunStore, atomic_write_json, digest
 from .text.corpus import Corpus, build_corpus
@@ -55,8 +55,8 @@ class Run:
     @property
     def organism(self) -> Organism:
         if self._organism is None:
-            stage = self.store.stage_dir("organism", self.recipe.digest())
-            if self.store.is_done(stage):
+            stage = organism_stage(self.store, self.recipe)
+            if self.store.is_done(stage):  # checked here so a reused organism never builds the corpus
                 self._organism = Organism(stage / "organism", self.recipe)
             else:
                 t0 = time.perf_counter()
@@ -159,8 +159,7 @@ def auto_notes(measurements: dict | None, stress: list[dict] | None, probes: dic
     return notes
 
 
-def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: Progress = silent,
-             stress: bool = True, probe: bool = True) -> dict:
+def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> dict:
     """Build, measure, stress-test and probe one organism; write results.json and report.html into `out`."""
     from .report import write_report
 
@@ -168,8 +167,8 @@ def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: 
     out = Path(out)
     run = Run(RunStore(out, fresh=fresh), spec.recipe, progress)
     measurements = run.measure(spec.eval)
-    stress_rows = run.stress(spec.stress, spec.eval) if stress else None
-    probes = run.probe(spec.probe) if probe else None
+    stress_rows = run.stress(spec.stress, spec.eval)
+    probes = run.probe(spec.probe)
     run.timings["total_s"] = round(time.perf_counter() - t0, 2)
     results = assemble(run, measurements, stress_rows, probes)
     atomic_write_json(out / "results.json", results)

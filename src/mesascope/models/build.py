@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
-
 from transformers.utils import logging as hf_logging
 
 from ..config import ModelSpec

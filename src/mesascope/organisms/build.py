@@ -55,10 +55,15 @@ class Organism:
         return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
 
 
+def organism_stage(store: RunStore, recipe: Recipe) -> Path:
+    """The run-store directory of the organism built from `recipe` (finished once done.json exists)."""
+    return store.stage_dir("organism", recipe.digest())
+
+
 def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
                    corpus: Corpus | None = None) -> Organism:
     """Build (or reuse, or resume) the organism for `recipe` in the run store."""
-    stage = store.stage_dir("organism", recipe.digest())
+    stage = organism_stage(store, recipe)
     final = stage / "organism"
     if store.is_done(stage):
         return Organism(final, recipe)
