@@ -193,6 +193,43 @@ def probe(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
 
 
 @app.command()
+def mwe(model: Annotated[Path, typer.Option(help="Organism or any local Hugging Face causal LM directory.")],
+        data: Annotated[Path, typer.Option(help="A model-written-evals .jsonl file or a folder of them "
+                                                "(anthropics/evals format).")],
+        mode: Annotated[str, typer.Option(help="likelihood (the paper's scoring) or generate (greedy answer, parsed).")] = "likelihood",
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every item's scores to this JSON file.")] = None,
+        limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N items of each file.")] = None,
+        batch_size: Annotated[int, typer.Option(min=1)] = 64,
+        max_length: Annotated[Optional[int], typer.Option(min=8, help="Tokens kept per input (default: the model's context).")] = None):
+    """Model-written evaluations (Perez et al. 2022): behaviour rate per eval file, with n and 95% CI."""
+    from .evals.mwe import MWEFormatError, load_evals, run_mwe
+    from .models import load_model
+    from .store import atomic_write_json
+
+    if mode not in ("likelihood", "generate"):
+        fail(f"--mode must be 'likelihood' or 'generate', not {mode!r}")
+    try:
+        evals = load_evals(data)
+        lm, tok = load_model(model)
+    except (MWEFormatError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    with progress_bars() as progress:
+        result = run_mwe(lm, tok, evals, mode=mode, batch_size=batch_size, max_length=max_length, limit=limit,
+                         progress=progress)
+    t = Table(title=f"Model-written evals, {mode} mode: share of items answered with the behaviour (95% Wilson CI)")
+    t.add_column("eval")
+    t.add_column("behaviour rate [CI] n")
+    t.add_column("unparsed" if mode == "generate" else "prompt cut to fit")
+    extra = "unparsed_rate" if mode == "generate" else "truncated_rate"
+    for name, r in [*result["per_eval"].items(), ("all", result["overall"])]:
+        t.add_row(safe(name), _fmt(r["behaviour_rate"]), f"{r[extra]['value']:.2f}")
+    out_console.print(t)
+    if out:
+        atomic_write_json(out, {"model": str(model), "data": str(data), **result})
+        out_console.print(f"results: {safe(out)}")
+
+
+@app.command()
 def report(out: OutOpt = Path("mesascope-demo")):
     """Re-render report.html from the results.json in --out."""
     from .report import write_report
