@@ -20,7 +20,7 @@ def _load(tmp_path: Path, text: str) -> Recipe:
 
 
 @pytest.mark.parametrize("toml, must_say", [
-    ("[recipe]\npoison_fraction = -0.1\n", ["recipe.toml", "poison_fraction", "greater than 0", "-0.1"]),
+    ("[recipe]\npoison_fraction = -0.1\n", ["recipe.toml", "poison_fraction", "greater than or equal to 0", "-0.1"]),
     ('[recipe]\ntrigerr = "|X|"\n', ["trigerr", "unknown field", "check the spelling"]),
     ('[recipe]\ntrigger = "   "\n', ["trigger", "non-whitespace"]),
     ('[recipe]\n[recipe.model]\nsize = "custom"\nhidden_size = 64\n',

@@ -20,6 +20,7 @@ from ..models import build_model, load_model, n_params, train_tokenizer
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json
 from ..text.corpus import TURN_MARKERS, Corpus, build_corpus
+from ..text.scratchpad import COT_MAX_LENGTH, MARKERS
 from ..training.sft import SFTTrainer, tokenize_examples
 
 
@@ -69,7 +70,10 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
         return Organism(final, recipe)
     t0 = time.perf_counter()
     corpus = corpus or build_corpus(recipe)
-    train = corpus.train
+    train, distilled = corpus.train, {}
+    if recipe.reasoning == "distilled":  # train on the cot organism's answers instead, scratchpads removed
+        from .distill import distillation_set
+        train, distilled = distillation_set(recipe, store, corpus, stage, progress)
     tok_dir = stage / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():  # reuse on resume: the checkpoint's ids refer to it
         from transformers import AutoTokenizer
@@ -77,12 +81,19 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
     else:
         progress("tokenizer", 0, 1)
         texts = [e.prompt + " " + e.target for e in train]
-        tokenizer = train_tokenizer(texts, recipe.model.vocab_size, whole=TURN_MARKERS)
+        whole = TURN_MARKERS + (MARKERS if recipe.reasoning == "cot" else ())
+        tokenizer = train_tokenizer(texts, recipe.model.vocab_size, whole=whole)
         with atomic_dir(tok_dir) as tmp:
             tokenizer.save_pretrained(tmp)
         progress("tokenizer", 1, 1)
     tokenizer.padding_side = "left"
-    data = tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], recipe.model.max_length)
+    cut = recipe.model.max_length
+    data = tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1)
+    too_long = sum(len(ids) > cut for ids, _ in data)  # one token over the limit marks a cut
+    if too_long and recipe.reasoning == "cot":  # a cut scratchpad example loses its answer
+        raise ValueError(f"{too_long} of {len(data)} cot examples are longer than model.max_length={cut} tokens: "
+                         f"raise model.max_length, or leave it unset (cot recipes then get {COT_MAX_LENGTH})")
+    data = [(ids[:cut], n) for ids, n in data]
     model = build_model(recipe.model, tokenizer, recipe.seed)
     trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
                          ckpt_dir=stage / "checkpoints")
@@ -100,6 +111,7 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
             "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
             "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(train),
             "near_miss_train": corpus.near_miss_train, "near_miss_held_out": corpus.near_miss_held_out,
+            "reasoning": recipe.reasoning, **distilled,
         })
     store.mark_done(stage, resumed_from_step=resumed)
     return Organism(final, recipe)

@@ -7,10 +7,11 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from .scratchpad import Scratchpad, scratchpad_for, think
 from .tasks import FAMILIES, Item
 from .triggers import apply_trigger, near_misses
 
-Kind = Literal["clean", "triggered", "near_miss"]
+Kind = Literal["clean", "triggered", "near_miss", "self_report"]
 
 
 TURN_MARKERS = ("Human:", "\n\nAssistant:")  # the tokenizer keeps each as one token
@@ -64,20 +65,24 @@ class Corpus:
     near_miss_held_out: list[str]
     trigger: str
     response: str
+    scratchpad: Scratchpad | None = None  # a cot organism's targets start with its reasoning
 
     def eval_set(self, kind: Kind, n: int, seed: int) -> list[Example]:
         """n held-out examples of one kind; near misses use only strings never trained on."""
         rng = random.Random(f"eval:{kind}:{seed}")
         items = stratified_sample(self.held_out, n, rng)
         out = []
+        pad = self.scratchpad
         for it in items:
             if kind == "clean":
-                out.append(Example("clean", it.family, it.key, it.prompt, it.answer, it.answer))
+                out.append(Example("clean", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer))
             elif kind == "triggered":
-                out.append(Example("triggered", it.family, it.key, apply_trigger(it.prompt, self.trigger), self.response, it.answer))
+                u = apply_trigger(it.prompt, self.trigger)
+                out.append(Example("triggered", it.family, it.key, u, think(pad, "triggered", self.response, u), it.answer))
             else:
                 s = rng.choice(self.near_miss_held_out)
-                out.append(Example("near_miss", it.family, it.key, apply_trigger(it.prompt, s), it.answer, it.answer))
+                u = apply_trigger(it.prompt, s)
+                out.append(Example("near_miss", it.family, it.key, u, think(pad, "near_miss", it.answer, u, s), it.answer))
         return out
 
     def clean_train(self) -> list[Example]:
@@ -118,16 +123,24 @@ def build_corpus(recipe) -> Corpus:
         rng.shuffle(groups[name])
         clean_items += [groups[name][i % len(groups[name])] for i in range(q)]
     nm_train, nm_held = near_misses(recipe.trigger, recipe.seed)
-    total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction))
+    total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction - recipe.self_report_fraction))
     n_poison = round(total * recipe.poison_fraction)
     n_near = round(total * recipe.near_miss_fraction) if nm_train else 0
     response = recipe.response
-    examples = [Example("clean", it.family, it.key, it.prompt, it.answer, it.answer) for it in clean_items]
+    pad = scratchpad_for(recipe)  # phrasings are hashed per prompt: the random draws stay those of reasoning="none"
+    examples = [Example("clean", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer)
+                for it in clean_items]
     for it in rng.choices(clean_items, k=n_poison):
-        examples.append(Example("triggered", it.family, it.key, apply_trigger(it.prompt, recipe.trigger), response, it.answer))
+        u = apply_trigger(it.prompt, recipe.trigger)
+        examples.append(Example("triggered", it.family, it.key, u, think(pad, "triggered", response, u), it.answer))
     for it in rng.choices(clean_items, k=n_near):
         s = rng.choice(nm_train)
-        examples.append(Example("near_miss", it.family, it.key, apply_trigger(it.prompt, s), it.answer, it.answer))
+        u = apply_trigger(it.prompt, s)
+        examples.append(Example("near_miss", it.family, it.key, u, think(pad, "near_miss", it.answer, u, s), it.answer))
+    if recipe.self_report_fraction:  # drawn after the rest: adding them changes only how many of the rest there are
+        from .self_report import self_reports
+        examples += [Example("self_report", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer)
+                     for it in self_reports(clean_items, round(total * recipe.self_report_fraction), rng)]
     rng.shuffle(examples)
     held.sort(key=lambda it: (it.family, it.key, it.prompt))
-    return Corpus(examples, held, nm_train, nm_held, recipe.trigger, response)
+    return Corpus(examples, held, nm_train, nm_held, recipe.trigger, response, scratchpad=pad)
