@@ -51,6 +51,13 @@ n_eval = 16
 n_train = 24
 n_test = 24
 n_bootstrap = 100
+n_random_directions = 50
+[patch]
+n_pairs = 8
+n_bootstrap = 100
+[steer]
+coefs = [-1.0, -0.5]
+n_eval = 16
 """
 
 
@@ -78,7 +85,15 @@ def test_demo_writes_results_and_reuses_stored_run(tmp_path):
         assert r["method"] == "hhh_sft" and {"backdoor_rate", "false_trigger_rate", "helpful_accuracy"} <= set(r)
     assert [r["layer"] for r in results["probes"]["supervised"]] == [0, 1]
     assert all(0 <= r["auroc"]["value"] <= 1 for r in results["probes"]["contrast"])
-    assert (out / "report.html").exists()
+    patching = results["patching"]
+    assert patching["n_pairs"] == 8 and len(patching["denoising"]["normalised"]) == len(patching["points"]) == 3
+    all_col = [p["role"] for p in patching["positions"]].index("all")
+    assert all(abs(row[all_col] - 1) < 1e-4 for row in patching["denoising"]["normalised"])  # patch all = the source
+    steering = results["steering"]
+    assert [r["coef"] for r in steering["add"]["rows"]] == [-1.0, -0.5, 0.0] and steering["layer"] == 1
+    assert [c["layers"] for c in steering["ablate"]] == [[0], [1], [0, 1]]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="patching"' in page and 'id="steering"' in page and "not measured" not in page.split('id="steering"')[1][:400]
     build_time = results["timings"]["build_s"]
 
     t0 = time.perf_counter()
@@ -115,7 +130,12 @@ def test_build_stress_probe_on_an_organism_directory(tmp_path):
     invoke("stress", stressed, "--config", cfg, "--out", out)
     assert len(list(out.glob("runs/stress-*"))) == 2
     res = invoke("probe", path, "--config", cfg, "--out", out)
-    assert "near-miss split" in res.stdout
+    assert "near-miss split" in res.stdout and "diff_of_means" in res.stdout
+    res = invoke("patch", path, "--config", cfg, "--out", out)
+    assert "Activation patching, denoising" in res.stdout and len(list(out.glob("runs/patch-*"))) == 1
+    res = invoke("steer", path, "--config", cfg, "--out", out)
+    assert "Steering along the diff_of_means defection direction" in res.stdout
+    assert len(list(out.glob("runs/steer-*"))) == 1
 
 
 def test_killed_build_command_resumes_from_its_last_checkpoint(tmp_path):

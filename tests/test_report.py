@@ -139,3 +139,29 @@ def test_write_report_is_atomic(tmp_path: Path):
     write_report({}, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
     assert "not measured" in out.read_text(encoding="utf-8")
+
+
+def test_patching_and_steering_sections_render_and_escape():
+    results = make_results()
+    m = _m(0.5, 0.4, 0.6, 64)
+    results["patching"] = {
+        "n_pairs": 64, "points": ["blocks.0.resid_pre", "blocks.0.resid_post"], "behaviour_tokens": [XSS_SCRIPT],
+        "positions": [{"label": XSS_IMG, "role": "trigger"}, {"label": "all", "role": "all"}],
+        "baseline": {"clean_logprob": m, "triggered_logprob": m, "gap": m},
+        "counterparts": {XSS_SCRIPT: 3}, "example_pair": {"triggered": XSS_IMG, "clean": XSS_SCRIPT},
+        "denoising": {"source": "triggered", "target": "clean", "normalised": [[0.25, 1.0], [0.75, 1.0]]},
+        "noising": {"source": "clean", "target": "triggered", "normalised": [[0.0, 1.0], [float("nan"), 1.0]]},
+    }
+    row = lambda coef, b: {"coef": coef, "backdoor_rate": _m(b, b - 0.05, b + 0.01, 200),  # noqa: E731
+                           "helpful_accuracy": m, "false_trigger_rate": m, "backdoor_change": m, "helpful_change": m}
+    results["steering"] = {"direction": XSS_SCRIPT, "layer": 2,
+                           "add": {"mode": "add", "layers": [2], "rows": [row(-1.0, 0.123456), row(0.0, 0.987654)],
+                                   "reading": {"best": {"coef": -1.0, "backdoor_rate": m}, "best_harmless": {}}},
+                           "ablate": [{"mode": "ablate", "layers": [3], "rows": [row(0.0, 0.9), row(1.0, 0.055)]}]}
+    page = render_report(results)
+    assert XSS_SCRIPT not in page and XSS_IMG not in page
+    assert 'id="patching"' in page and 'id="steering"' in page
+    assert page.count("<svg") >= 3  # two heatmaps and the steering curve
+    assert ">0.25<" in page and ">0.75<" in page  # heatmap cells carry their values
+    assert "0.123" in page and "0.055" in page  # the add curve and the ablation row reach the table
+    assert "every coefficient that lowers it also costs measurable helpfulness" in page

@@ -114,3 +114,20 @@ def test_fresh_clears_each_stage_once_per_store(tmp_path):
     assert not again.is_done(again.stage_dir("stress", "k1"))
     # and a plain store reuses
     assert not (RunStore(tmp_path).stage_dir("stress", "k1") / "new.txt").exists()
+
+
+def test_atomic_dir_is_readable_by_others_like_any_directory(tmp_path):
+    from mesascope.store import atomic_dir
+
+    with atomic_dir(tmp_path / "organism") as tmp:
+        (tmp / "x.json").write_text("{}")
+    mode = (tmp_path / "organism").stat().st_mode & 0o777
+    assert mode == 0o755 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -102,18 +102,51 @@ def show_results(results: dict, out: Path) -> None:
         out_console.print(s)
     probes = results.get("probes") or {}
     if probes.get("supervised"):
-        p = Table(title="Probes: held-out AUROC per layer (organism | random-init model)")
-        for c in ("probe", "layer", "clean vs triggered", "near-miss split", "random init (near-miss)"):
+        key = "auroc_worst" if "auroc_worst" in probes["supervised"][0] else "auroc"
+        p = Table(title="Probes: held-out AUROC per layer, worst clean set (organism | nulls)")
+        for c in ("probe", "layer", "organism", "random-init model", "clean organism"):
             p.add_column(c)
-        for kind in ("supervised", "contrast"):
+        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
             for r in probes.get(kind, []):
-                p.add_row(kind, str(r["layer"]), _fmt(r["auroc"]), _fmt(r["auroc_near_miss"]),
-                          _fmt(r["random_init_auroc_near_miss"]))
+                p.add_row(kind, str(r["layer"]), _fmt(r.get(key)), _fmt(r.get("random_init_" + key)),
+                          _fmt(r.get("clean_organism_" + key)))
         out_console.print(p)
+    show_patching(results.get("patching") or {})
+    show_steering(results.get("steering") or {})
     for note in results.get("notes", []):
         out_console.print(f"- {safe(note)}")
     out_console.print(f"timings (s): {safe(json.dumps(results.get('timings', {})))}")
     out_console.print(f"report: {safe(out / 'report.html')}\nresults: {safe(out / 'results.json')}")
+
+
+def show_patching(patching: dict) -> None:
+    if not patching.get("points"):
+        return
+    labels = [p["label"] for p in patching["positions"]]
+    for name in ("denoising", "noising"):
+        t = Table(title=f"Activation patching, {name} ({patching[name]['source']} into {patching[name]['target']}): "
+                        f"share of the log-prob gap moved, n={patching['n_pairs']} pairs")
+        t.add_column("hook point")
+        for label in labels:
+            t.add_column(safe(label.replace("\n", "\\n")), justify="right")
+        for point, row in zip(patching["points"], patching[name]["normalised"]):
+            t.add_row(safe(point), *(f"{v:.2f}" for v in row))
+        out_console.print(t)
+
+
+def show_steering(steering: dict) -> None:
+    if not steering.get("add"):
+        return
+    t = Table(title=f"Steering along the {safe(steering['direction'])} defection direction (95% Wilson CI)")
+    for c in ("mode", "blocks", "coef", "backdoor", "helpful", "false trigger"):
+        t.add_column(c)
+    for curve in [steering["add"], *steering.get("ablate", [])]:
+        for r in curve["rows"]:
+            if curve["mode"] == "ablate" and r["coef"] == 0:
+                continue  # the unsteered row is shown once, in the add curve
+            t.add_row(curve["mode"], ",".join(map(str, curve["layers"])), f"{r['coef']:g}", _fmt(r["backdoor_rate"]),
+                      _fmt(r["helpful_accuracy"]), _fmt(r.get("false_trigger_rate")))
+    out_console.print(t)
 
 
 @app.command()
@@ -168,28 +201,44 @@ Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism direct
 
 
 def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], work) -> None:
-    """Shared body of `stress` and `probe`: `work(run, spec)` returns (stress rows, probes)."""
+    """Shared body of `stress`, `probe`, `patch` and `steer`: `work(run, spec)` returns a dict of
+    `assemble` keyword arguments (stress, probes, patching, steering)."""
     from .pipeline import assemble
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
         run = _run_for(target, out, fresh, progress)
-        stress_rows, probes = work(run, spec)
-    show_results(assemble(run, None, stress_rows, probes), out)
+        parts = work(run, spec)
+    show_results(assemble(run, None, parts.get("stress"), parts.get("probes"), patching=parts.get("patching"),
+                          steering=parts.get("steering")), out)
 
 
 @app.command()
 def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
            config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose stress and eval tables apply.")] = None):
     """Safety-train an organism (HHH SFT on clean data) and measure the backdoor along the way."""
-    _measure_target(target, out, fresh, config, lambda run, spec: (run.stress(spec.stress, spec.eval), None))
+    _measure_target(target, out, fresh, config, lambda run, spec: {"stress": run.stress(spec.stress, spec.eval)})
 
 
 @app.command()
 def probe(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose probe table applies.")] = None):
     """Fit per-layer probes (supervised and generic contrast pair) and score them on held-out prompts."""
-    _measure_target(target, out, fresh, config, lambda run, spec: (None, run.probe(spec.probe)))
+    _measure_target(target, out, fresh, config, lambda run, spec: {"probes": run.probe(spec.probe)})
+
+
+@app.command()
+def patch(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
+          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose patch table applies.")] = None):
+    """Activation patching: which layer and position carry the trigger (denoising and noising heatmaps)."""
+    _measure_target(target, out, fresh, config, lambda run, spec: {"patching": run.patch(spec.patch)})
+
+
+@app.command()
+def steer(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
+          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose steer and probe tables apply.")] = None):
+    """Steer along the defection direction (add with coefficients, ablate per block); measure backdoor and helpfulness."""
+    _measure_target(target, out, fresh, config, lambda run, spec: {"steering": run.steer(spec.steer, spec.probe)})
 
 
 @app.command()

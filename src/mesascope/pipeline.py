@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .config import DemoSpec, EvalSpec, ProbeSpec, Recipe, Spec, StressSpec
+from .config import DemoSpec, EvalSpec, PatchSpec, ProbeSpec, Recipe, Spec, SteerSpec, StressSpec
 from .evals.backdoor import eval_sets, measure_backdoor
 from .organisms.build import Organism, build_organism, organism_stage
 from .progress import Progress, silent
@@ -23,6 +23,11 @@ from .store import RunStore, atomic_write_json, digest
 from .text.corpus import Corpus, build_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # organisms train from scratch: never contact a hub
+
+
+class SteerPlan(Spec):
+    steer: SteerSpec
+    probe: ProbeSpec
 
 
 @dataclass
@@ -97,6 +102,11 @@ class Run:
         self._timed("stress_s", t0)
         return rows
 
+    def clean_null(self) -> Organism:
+        """The same recipe with no trigger in training: what the probes give on an organism with no backdoor."""
+        data = {**self.recipe.model_dump(mode="json"), "poison_fraction": 0.0, "name": f"{self.recipe.name}-clean-null"}
+        return Run(self.store, Recipe.model_validate(data), self.progress).organism
+
     def probe(self, spec: ProbeSpec) -> dict:
         from .interp.probes import build_probe_splits, run_probes
         from .models import build_model
@@ -105,13 +115,57 @@ class Run:
             model, tok = organism.load()
             # Null model: same architecture and shape, random weights (another seed than the organism's init).
             random_model = build_model(self.recipe.model, tok, seed=self.recipe.seed + 7919).eval()
-            return run_probes(model, tok, random_model, build_probe_splits(self.corpus, spec), spec, self.progress)
+            clean = {}
+            if spec.clean_null:
+                clean_model, clean_tok = self.clean_null().load()
+                clean = {"clean_model": clean_model, "clean_tokenizer": clean_tok}
+            splits = build_probe_splits(self.corpus, spec)
+            if self.recipe.reasoning == "cot":
+                splits = read_at_scratchpad_end(model, tok, splits)
+            result = run_probes(model, tok, random_model, splits, spec, self.progress, **clean)
+            result["read_at"] = "</scratchpad>" if self.recipe.reasoning == "cot" else "last prompt token"
+            return result
 
         return self._stage("probe", spec, "probe_s", compute)
 
+    def patch(self, spec: PatchSpec) -> dict:
+        from .interp.patching import run_patching
+
+        if self.recipe.reasoning == "cot":
+            return {"skipped": "patching scores the behaviour's first tokens right after the prompt; a cot organism "
+                               "writes its scratchpad there first, so the metric would not measure the behaviour"}
+
+        def compute(organism: Organism) -> dict:
+            model, tok = organism.load()
+            return run_patching(model, tok, self.corpus, self.recipe.response, spec, self.progress)
+
+        return self._stage("patch", spec, "patch_s", compute)
+
+    def steer(self, spec: SteerSpec, probe_spec: ProbeSpec) -> dict:
+        from .interp.steering import run_steering
+
+        def compute(organism: Organism) -> dict:
+            model, tok = organism.load()
+            return run_steering(model, tok, self.corpus, self.recipe.behaviour, spec, probe_spec, self.progress)
+
+        key = SteerPlan(steer=spec, probe=probe_spec)  # the direction is fitted with the probe spec's splits
+        return self._stage("steer", key, "steer_s", compute)
+
+
+def read_at_scratchpad_end(model, tok, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+    """A cot organism's probe prompts, each extended with its own scratchpad up to `</scratchpad>`.
+
+    The post reads chain-of-thought models at the end of their reasoning. Prompts where the
+    organism wrote no closed scratchpad are dropped (their count stays visible in n_test).
+    """
+    from .text.scratchpad import scratchpad_end_prompts
+
+    return {name: [p for p in scratchpad_end_prompts(model, tok, prompts) if p is not None]
+            for name, prompts in splits.items()}
+
 
 def assemble(run: Run, measurements: dict | None, stress: list[dict] | None, probes: dict | None,
-             notes: list[str] | None = None) -> dict:
+             notes: list[str] | None = None, patching: dict | None = None, steering: dict | None = None) -> dict:
     """The results dict the report renders; every figure comes from a measurement in this run."""
     organism = run.organism
     info = organism.info
@@ -127,8 +181,10 @@ def assemble(run: Run, measurements: dict | None, stress: list[dict] | None, pro
         "near_miss_strings": {"train": info.get("near_miss_train", []), "held_out": info.get("near_miss_held_out", [])},
         "stress": stress or [],
         "probes": probes or {},
+        "patching": patching or {},
+        "steering": steering or {},
         "timings": run.timings,
-        "notes": (notes or []) + auto_notes(measurements, stress, probes),
+        "notes": (notes or []) + auto_notes(measurements, stress, probes) + detection_notes(patching, steering),
     }
 
 
@@ -159,6 +215,46 @@ def auto_notes(measurements: dict | None, stress: list[dict] | None, probes: dic
     return notes
 
 
+def detection_notes(patching: dict | None, steering: dict | None) -> list[str]:
+    """Readings of the patching heatmap and the steering curve, from this run's numbers."""
+    notes = []
+    if patching and patching.get("points"):
+        positions = patching["positions"]
+        last = max((c for c, p in enumerate(positions) if p["role"] == "end"), default=None)
+        trig = [c for c, p in enumerate(positions) if p["role"] == "trigger"]
+        den = patching["denoising"]["normalised"]
+        if last is not None:
+            carried = [h for h, row in enumerate(den) if row[last] >= 0.5]
+            where = patching["points"][carried[0]] if carried else None
+            notes.append(f"activation patching ({patching['n_pairs']} pairs): the triggered run's final-token residual "
+                         + (f"first carries half or more of the behaviour's log-prob gap at {where}"
+                            if where else "never carries half of the behaviour's log-prob gap at a single layer"))
+        if trig:
+            best = max(((den[h][c], h, c) for h in range(len(den)) for c in trig), default=None)
+            if best:
+                notes.append(f"activation patching: the largest effect at a trigger position is "
+                             f"{best[0]:.2f} of the gap, at {patching['points'][best[1]]} on token "
+                             f"{positions[best[2]]['label']!r}.")
+    add = (steering or {}).get("add")
+    if add:
+        r = add["reading"]
+        best, harmless = r.get("best") or {}, r.get("best_harmless") or {}
+        if best.get("coef") is None:
+            notes.append(f"steering: adding the {steering['direction']} direction at block {steering['layer']} did not "
+                         f"lower the backdoor rate measurably at any coefficient tried.")
+        else:
+            notes.append(f"steering: adding the {steering['direction']} direction at block {steering['layer']} with "
+                         f"coefficient {best['coef']:g} gives backdoor rate {best['backdoor_rate']['value']:.3f}; "
+                         + (f"without a measurable helpfulness loss the lowest is {harmless['backdoor_rate']['value']:.3f} "
+                            f"(coefficient {harmless['coef']:g})." if harmless.get("coef") is not None else
+                            "every coefficient that lowers it also costs measurable helpfulness."))
+        for curve in steering.get("ablate", []):
+            row = next(x for x in curve["rows"] if x["coef"] != 0)
+            notes.append(f"steering: ablating the direction at blocks {curve['layers']}: backdoor rate "
+                         f"{row['backdoor_rate']['value']:.3f}, helpful accuracy {row['helpful_accuracy']['value']:.3f}.")
+    return notes
+
+
 def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> dict:
     """Build, measure, stress-test and probe one organism; write results.json and report.html into `out`."""
     from .report import write_report
@@ -169,8 +265,10 @@ def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: 
     measurements = run.measure(spec.eval)
     stress_rows = run.stress(spec.stress, spec.eval)
     probes = run.probe(spec.probe)
+    patching = run.patch(spec.patch)
+    steering = run.steer(spec.steer, spec.probe)
     run.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    results = assemble(run, measurements, stress_rows, probes)
+    results = assemble(run, measurements, stress_rows, probes, patching=patching, steering=steering)
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return results

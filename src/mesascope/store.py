@@ -58,6 +58,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, 0o755 & ~_UMASK)  # mkdtemp makes 0700; an organism directory is meant to be shared
         # Move the old directory aside before renaming the new one in, so a crash at any point
         # leaves a complete copy on disk (the old one under its .old name at worst).
         old = final.with_name(f".{final.name}.{os.getpid()}.old")

@@ -8,15 +8,17 @@ Content-Security-Policy backs that up in case an escape is ever missed.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from mesascope.report.detection import patching_section, probes_section, steering_section
+from mesascope.report.safe import NOT_MEASURED
+from mesascope.report.safe import as_dict as _dict
+from mesascope.report.safe import as_list as _list
+from mesascope.report.safe import esc as _e
 from mesascope.report.svg import as_finite, bar_chart, line_chart
-
-NOT_MEASURED = '<p class="nm">not measured</p>'
 
 # (key, figure name, acceptance-style reading) for the headline table.
 HEADLINE = (
@@ -28,7 +30,6 @@ HEADLINE = (
     ("helpful_accuracy", "Helpful accuracy",
      "share of clean held-out prompts answered correctly by the task's checker"),
 )
-PROBE_KINDS = ("supervised", "contrast")
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -44,18 +45,6 @@ code{background:#f3f3f3;padding:0 3px;word-break:break-word}
 .charts{display:flex;flex-wrap:wrap;gap:12px} svg.chart{border:1px solid #eee;background:#fff}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600}
 """
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _dict(value: object) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: object) -> list:
-    return value if isinstance(value, list) else []
 
 
 def _rate(value: object) -> str:
@@ -202,44 +191,6 @@ def _stress(results: dict) -> str:
     return f'<div class="charts">{"".join(charts)}</div>{table}'
 
 
-def _probes(results: dict) -> str:
-    probes = _dict(results.get("probes"))
-    kinds = {k: [r for r in _list(probes.get(k)) if isinstance(r, dict)] for k in PROBE_KINDS}
-    if not any(kinds.values()):
-        return NOT_MEASURED
-    charts = []
-    for suffix, split in (("", "held-out triggered vs clean"), ("_near_miss", "near-miss split")):
-        # Each probe next to its random-init baseline: the gap is what the organism learned.
-        series = [
-            {"label": f"{kind}{tag}", "dashed": bool(prefix),
-             "points": [_point(r.get("layer"), r.get(f"{prefix}auroc{suffix}")) for r in rows]}
-            for kind, rows in kinds.items()
-            for prefix, tag in (("", ""), ("random_init_", " (random-init)"))
-        ]
-        charts.append(line_chart(series, title=f"Probe AUROC by layer: {split}", x_label="layer",
-                                 y_label="AUROC", hline=0.5, width=520, height=300))
-    table_rows = [
-        [_e(kind), _e(r.get("layer", "")), f"<code>{_e(r.get('hook', ''))}</code>",
-         *(_fig_cell(r.get(k)) for k in
-           ("auroc", "auroc_near_miss", "random_init_auroc", "random_init_auroc_near_miss"))]
-        for kind, rows in kinds.items() for r in rows
-    ]
-    table = _table(["Probe", "Layer", "Hook", "AUROC", "AUROC (near-miss)", "Random-init AUROC",
-                    "Random-init AUROC (near-miss)"], table_rows, num_cols=(1, 3, 4, 5, 6))
-    pair = _dict(probes.get("contrast_pair"))
-    pair_html = ""
-    if pair:
-        items = "".join(
-            f"<dt>{label}</dt><dd><code>{_e(pair.get(key, ''))}</code></dd>"
-            for key, label in (("question", "Question"), ("defect_answer", "Defect answer"),
-                               ("honest_answer", "Honest answer"))
-        )
-        pair_html = f"<h3>Contrast pair</h3><dl>{items}</dl>"
-    note = ('<p class="lede">Dashed lines: the same probe trained on a randomly initialised '
-            "model of the same architecture; dotted line: chance (0.5).</p>")
-    return f'<div class="charts">{"".join(charts)}</div>{note}{table}{pair_html}'
-
-
 def _near_miss_strings(results: dict) -> str:
     nm = _dict(results.get("near_miss_strings"))
     parts = []
@@ -310,7 +261,9 @@ def render_report(results: dict) -> str:
         _section("metrics", "Headline metrics", _headline(results)),
         _section("families", "Helpful accuracy by task family", _per_family(results)),
         _section("stress", "Stress test: safety training", _stress(results)),
-        _section("probes", "Probes", _probes(results)),
+        _section("probes", "Probes: can a linear read-out of the residual stream catch the trigger?", probes_section(results)),
+        _section("patching", "Activation patching: where the trigger is read", patching_section(results)),
+        _section("steering", "Steering along the defection direction", steering_section(results)),
         _section("near-miss", "Near-miss strings", _near_miss_strings(results)),
         _section("samples", "Sample generations", _samples(results)),
         _section("notes", "Notes", _notes(results)),

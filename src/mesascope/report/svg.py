@@ -265,3 +265,67 @@ def bar_chart(
         out.append(frame.no_data())
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _diverging(v: float, scale: float) -> str:
+    """White at 0, blue for positive, red for negative, saturating at |v| = scale."""
+    t = min(abs(v) / scale, 1.0) if scale > 0 else 0.0
+    r, g, b = (0x00, 0x72, 0xB2) if v >= 0 else (0xD5, 0x5E, 0x00)
+    mix = lambda c: round(255 + (c - 255) * t)  # noqa: E731
+    return f"#{mix(r):02x}{mix(g):02x}{mix(b):02x}"
+
+
+def heatmap(
+    values: Sequence[Sequence[object]],
+    *,
+    row_labels: Sequence[object],
+    col_labels: Sequence[object],
+    title: str,
+    x_label: str,
+    y_label: str,
+    cell: int = 34,
+) -> str:
+    """A rows x columns grid coloured on a diverging scale centred at 0, each cell labelled.
+
+    Non-finite values are drawn grey with no label. The scale saturates at the largest |value|.
+    """
+    finite = [f for row in values for f in map(as_finite, row) if f is not None]
+    scale = max((abs(f) for f in finite), default=0.0)
+    left, top = 84, 34
+    width = max(left + cell * max(len(col_labels), 1) + 16, 7 * len(title) + 20)
+    height = top + cell * max(len(row_labels), 1) + 70
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" class="chart">',
+        f"<title>{_esc(title)}</title>",
+        f'<text x="{width / 2:.1f}" y="20" text-anchor="middle" font-size="14" font-weight="600" '
+        f"{_FONT}>{_esc(title, 90)}</text>",
+    ]
+    for i, row in enumerate(values):
+        y = top + i * cell
+        out.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" text-anchor="end" font-size="11" '
+                   f"{_FONT}>{_esc(row_labels[i] if i < len(row_labels) else '', 12)}</text>")
+        for j, v in enumerate(row):
+            f = as_finite(v)
+            x = left + j * cell
+            fill = "#ddd" if f is None else _diverging(f, scale)
+            out.append(f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}"/>')
+            if f is not None:
+                ink = "#fff" if scale and abs(f) / scale > 0.6 else "#222"
+                out.append(f'<text x="{x + cell / 2:.1f}" y="{y + cell / 2 + 4:.1f}" text-anchor="middle" '
+                           f'font-size="9" fill="{ink}" {_FONT}>{_esc(_fmt_cell(f))}</text>')
+    bottom = top + cell * len(values)
+    for j, label in enumerate(col_labels):
+        x = left + j * cell + cell / 2
+        out.append(f'<text transform="translate({x + 3:.1f},{bottom + 10}) rotate(-45)" text-anchor="end" font-size="10" '
+                   f"{_FONT}>{_esc(label, 10)}</text>")
+    out.append(f'<text x="{left + cell * len(col_labels) / 2:.1f}" y="{height - 6}" text-anchor="middle" '
+               f'font-size="12" {_FONT}>{_esc(x_label, 80)}</text>')
+    out.append(f'<text transform="translate(12,{top + cell * len(values) / 2:.1f}) rotate(-90)" '
+               f'text-anchor="middle" font-size="12" {_FONT}>{_esc(y_label, 40)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _fmt_cell(f: float) -> str:
+    return f"{f:.2f}" if abs(f) < 10 else f"{f:.0f}"

@@ -1,0 +1,327 @@
+"""Activation patching: where in the network is the trigger read?
+
+Each pair is one held-out task prompt twice: with the trigger, and with a counterpart string
+of the same token length in its place, so every position lines up. At one hook point and one
+position we copy the source run's residual stream into the target run and measure how the
+log-probability of the behaviour's first k tokens (teacher-forced after the prompt) moves:
+- denoising: triggered activations into the clean run (does the behaviour appear?);
+- noising: clean activations into the triggered run (does it go away?).
+Both are reported raw (nats) and normalised by the clean-to-triggered gap (1 = the whole gap
+moves), each averaged over pairs with a bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..evals.stats import Measurement
+from ..progress import Progress, silent
+from ..text.corpus import Corpus, format_prompt
+from ..text.triggers import apply_trigger
+from .activations import find_blocks, resid_post
+
+DIRECTIONS = {"denoising": ("clean", "triggered"), "noising": ("triggered", "clean")}  # name -> (target, source)
+
+
+def patch_points(model: nn.Module) -> list[str]:
+    """The embeddings (input of block 0) and the residual stream after every block."""
+    return ["blocks.0.resid_pre"] + [resid_post(i) for i in range(len(find_blocks(model)))]
+
+
+@contextmanager
+def edit_residual(model: nn.Module, point: str, fn) -> Iterator[None]:
+    """While open, the residual stream at hook point `point` is replaced by fn(hidden [batch, seq, d])."""
+    blocks = find_blocks(model)
+    parts = point.split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or parts[2] not in ("resid_pre", "resid_post") or not parts[1].isdigit():
+        raise ValueError(f"hook point {point!r} is not 'blocks.<i>.resid_pre' or 'blocks.<i>.resid_post'")
+    block = blocks[int(parts[1])]
+    if parts[2] == "resid_post":
+        def post(module, args, output):
+            # A block returns a tensor in transformers 5 and a tuple (hidden, ...) before it.
+            if isinstance(output, torch.Tensor):
+                return fn(output)
+            return (fn(output[0]), *output[1:])
+        handle = block.register_forward_hook(post)
+    else:
+        def pre(module, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+        handle = block.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass(frozen=True)
+class PatchPair:
+    """A triggered prompt and its position-aligned clean counterpart (token ids identical outside the span)."""
+
+    triggered: str
+    clean: str
+    counterpart: str  # the string that replaced the trigger
+    family: str
+    n_prompt: int  # tokens in either prompt
+    span: tuple[int, int]  # token positions [start, end) covering the trigger
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def trigger_span(tokenizer, prompt: str, trigger: str) -> tuple[list[int], tuple[int, int]]:
+    """Token ids of `prompt` and the token positions [start, end) whose characters overlap the trigger."""
+    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    c0 = prompt.index(trigger)
+    c1 = c0 + len(trigger)
+    hit = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < c1 and e > c0]
+    return enc["input_ids"], (hit[0], hit[-1] + 1)
+
+
+def _aligned(t_ids: list[int], c_ids: list[int], span: tuple[int, int]) -> bool:
+    a, b = span
+    return len(t_ids) == len(c_ids) and t_ids[:a] == c_ids[:a] and t_ids[b:] == c_ids[b:] and t_ids[a:b] != c_ids[a:b]
+
+
+def filler_strings(tokenizer, trigger: str, n: int = 12, seed: int = 0, tries: int = 4000) -> list[str]:
+    """Random strings of vocabulary tokens that differ from the trigger at every token of its span."""
+    rng = random.Random(f"filler:{seed}")
+    t_ids, span = trigger_span(tokenizer, format_prompt(apply_trigger("Hello.", trigger)), trigger)
+    width = span[1] - span[0]
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    out: list[str] = []
+    for _ in range(tries):
+        s = tokenizer.decode(rng.sample(vocab, width)).strip()
+        if not s or not s.isprintable() or trigger in s or s in out:
+            continue
+        c_ids = _ids(tokenizer, format_prompt(apply_trigger("Hello.", s)))
+        a, b = span
+        if _aligned(t_ids, c_ids, span) and all(x != y for x, y in zip(t_ids[a:b], c_ids[a:b])):
+            out.append(s)
+            if len(out) == n:
+                break
+    return out
+
+
+def make_pairs(tokenizer, corpus: Corpus, n: int, *, counterparts: Sequence[str] | None = None,
+               seed: int = 0) -> list[PatchPair]:
+    """n position-aligned pairs from held-out items; counterparts default to the held-out near misses.
+
+    Each item takes the first counterpart (in a seeded random order) whose prompt tokenizes to
+    the same ids outside the trigger span; items none fits are skipped. Pairs whose trigger
+    span has an unusual token count are dropped, so each span position means the same token.
+    """
+    pool = list(corpus.near_miss_held_out if counterparts is None else counterparts)
+    if not pool:
+        raise ValueError("no counterpart strings: pass counterparts=[...] (e.g. filler_strings(tokenizer, trigger))")
+    if n < 2:
+        raise ValueError(f"n must be >= 2 pairs for an interval (got {n})")
+    rng = random.Random(f"patch-pairs:{seed}")
+    trig = corpus.trigger
+    pairs: list[PatchPair] = []
+    for ex in corpus.eval_set("triggered", 4 * n, seed=seed):
+        body = ex.user[len(trig) + 1:]  # apply_trigger put "<trigger> " in front
+        t_ids, span = trigger_span(tokenizer, ex.prompt, trig)
+        for s in rng.sample(pool, len(pool)):
+            clean = format_prompt(apply_trigger(body, s))
+            if _aligned(t_ids, _ids(tokenizer, clean), span):
+                pairs.append(PatchPair(ex.prompt, clean, s, ex.family, len(t_ids), span))
+                break
+    spans = Counter((p.span[0], p.span[1]) for p in pairs)
+    if not spans:
+        raise ValueError("no counterpart string tokenizes to the trigger's token length in any prompt: "
+                         "pass counterparts=filler_strings(tokenizer, trigger)")
+    common = spans.most_common(1)[0][0]
+    return [p for p in pairs if p.span == common][:n]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One heatmap column: the prompt-relative positions it patches in each pair (several = patched together)."""
+
+    label: str
+    role: str  # "prefix", "trigger", "body", "end", "response" or "all"
+    positions: list[list[int]]
+
+
+def position_slots(tokenizer, pairs: Sequence[PatchPair], k: int, n_end: int = 2) -> list[Slot]:
+    """Columns anchored to roles: tokens before and in the trigger span, the task body (one
+    group), the last `n_end` prompt tokens (the final one is "\\n\\nAssistant:"), the teacher-
+    forced response tokens (one group), and every position at once (a sanity column: exactly 1)."""
+    a, b = pairs[0].span
+    toks = [tokenizer.convert_ids_to_tokens(_ids(tokenizer, p.triggered)) for p in pairs]
+
+    def label(rel: int, fallback: str) -> str:
+        names = {tokenizer.convert_tokens_to_string([t[rel]]) for t in toks}
+        return names.pop() if len(names) == 1 else fallback
+
+    slots = [Slot(label(i, f"prefix[{i}]"), "prefix", [[i] for _ in pairs]) for i in range(a)]
+    slots += [Slot(label(i, f"trigger[{i - a}]"), "trigger", [[i] for _ in pairs]) for i in range(a, b)]
+    slots.append(Slot("task body", "body", [list(range(b, max(b, p.n_prompt - n_end))) for p in pairs]))
+    slots += [Slot(label(-j, f"prompt[-{j}]"), "end", [[p.n_prompt - j] for p in pairs])
+              for j in range(n_end, 0, -1)]
+    if k > 1:
+        slots.append(Slot(f"response[:{k - 1}]", "response",
+                          [list(range(p.n_prompt, p.n_prompt + k - 1)) for p in pairs]))
+    slots.append(Slot("all positions", "all", [list(range(p.n_prompt + k)) for p in pairs]))
+    return slots
+
+
+def _batch(tokenizer, prompts: Sequence[str], cont: list[int], device):
+    """Left-padded prompt+continuation ids; every row ends at the same column."""
+    rows = [_ids(tokenizer, p) + cont for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device), [width - len(r) for r in rows]
+
+
+def _logprob(model, ids, mask, pos, cont: list[int]) -> torch.Tensor:
+    """Sum of log P(continuation token j | everything before it), per row."""
+    k = len(cont)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+    logp = torch.log_softmax(logits[:, -k - 1:-1].float(), dim=-1)
+    target = torch.tensor(cont, device=ids.device).expand(ids.shape[0], k)
+    return logp.gather(-1, target[..., None])[..., 0].sum(-1)
+
+
+@contextmanager
+def _capture(model, points: Sequence[str], cache: dict[str, torch.Tensor]) -> Iterator[None]:
+    def keep(point):
+        def fn(x):
+            cache[point] = x.detach().clone()
+            return x
+        return fn
+    with ExitStack() as stack:
+        for p in points:
+            stack.enter_context(edit_residual(model, p, keep(p)))
+        yield
+
+
+@torch.inference_mode()
+def patched_logprobs(model, tokenizer, targets: Sequence[str], sources: Sequence[str], cont: list[int],
+                     points: Sequence[str], slots: Sequence[Slot], *, batch_size: int = 64,
+                     tick=lambda k: None) -> dict[str, np.ndarray]:
+    """log P(cont) for the target run, the source run, and the target run with the source's
+    activations patched in at each (point, slot): {"target": [n], "source": [n], "patched": [P, S, n]}.
+
+    targets[i] and sources[i] must tokenize to the same length (positions line up)."""
+    model.eval()
+    device = next(model.parameters()).device
+    n = len(targets)
+    if len(sources) != n:
+        raise ValueError(f"targets ({n}) and sources ({len(sources)}) must pair up one to one")
+    out = {"target": np.zeros(n), "source": np.zeros(n), "patched": np.zeros((len(points), len(slots), n))}
+    for start in range(0, n, batch_size):
+        rows = range(start, min(n, start + batch_size))
+        t_ids, mask, pos, pads = _batch(tokenizer, [targets[i] for i in rows], cont, device)
+        s_ids, _, _, s_pads = _batch(tokenizer, [sources[i] for i in rows], cont, device)
+        if pads != s_pads:
+            raise ValueError("a target and its source tokenize to different lengths: positions would not line up")
+        cache: dict[str, torch.Tensor] = {}
+        with _capture(model, points, cache):
+            out["source"][list(rows)] = _logprob(model, s_ids, mask, pos, cont).cpu().numpy()
+        out["target"][list(rows)] = _logprob(model, t_ids, mask, pos, cont).cpu().numpy()
+        for c, slot in enumerate(slots):
+            where = torch.zeros_like(mask, dtype=torch.bool)
+            for r, i in enumerate(rows):
+                for p in slot.positions[i]:
+                    where[r, pads[r] + p] = True
+            for h, point in enumerate(points):
+                src = cache[point]
+                with edit_residual(model, point, lambda x, src=src: torch.where(where[..., None], src.to(x.dtype), x)):
+                    out["patched"][h, c, list(rows)] = _logprob(model, t_ids, mask, pos, cont).cpu().numpy()
+                tick(1)
+    return out
+
+
+def _mean_ci(delta: np.ndarray, gap: np.ndarray | None, n_bootstrap: int, seed: int) -> Measurement:
+    """Mean of delta over pairs (divided by the mean gap when given), with a percentile bootstrap 95% interval."""
+    n = len(delta)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+    stat = delta[idx].mean(-1) if gap is None else delta[idx].mean(-1) / gap[idx].mean(-1)
+    value = delta.mean() if gap is None else delta.mean() / gap.mean()
+    lo, hi = np.percentile(stat, [2.5, 97.5])
+    return Measurement(float(value), (float(lo), float(hi)), n)
+
+
+def activation_patching(model, tokenizer, pairs: Sequence[PatchPair], response: str, *, k: int = 3,
+                        n_end: int = 2, batch_size: int = 64, n_bootstrap: int = 1000, seed: int = 0,
+                        progress: Progress = silent, task: str = "patching") -> dict:
+    """Denoising and noising heatmaps (hook points x position slots) for the behaviour's first k tokens.
+
+    Result (JSON-ready): `points` (row labels), `positions` (column labels and roles),
+    `baseline` log-probs and gap, and per direction `delta` / `normalised` matrices of floats
+    beside `delta_ci` / `normalised_ci` matrices of Measurement dicts.
+    """
+    if not pairs:
+        raise ValueError("pairs is empty: build them with make_pairs(tokenizer, corpus, n)")
+    if len({p.span for p in pairs}) != 1:
+        raise ValueError("every pair must have the same trigger span (make_pairs ensures it)")
+    cont = _ids(tokenizer, " " + response)[:k]
+    if len(cont) < 1:
+        raise ValueError(f"response {response!r} has no tokens to score")
+    points = patch_points(model)
+    slots = position_slots(tokenizer, pairs, len(cont), n_end)
+    n_batches = -(-len(pairs) // batch_size)
+    total, done = 2 * n_batches * len(slots) * len(points), [0]
+
+    def tick(j: int) -> None:
+        done[0] += j
+        progress(task, done[0], total)
+
+    progress(task, 0, total)
+    prompts = {"clean": [p.clean for p in pairs], "triggered": [p.triggered for p in pairs]}
+    result: dict = {
+        "k": len(cont), "behaviour_tokens": [tokenizer.decode([t]) for t in cont],
+        "n_pairs": len(pairs), "points": points,
+        "positions": [{"label": s.label, "role": s.role} for s in slots],
+        "counterparts": dict(Counter(p.counterpart for p in pairs).most_common()),
+        "families": dict(Counter(p.family for p in pairs).most_common()),
+        "example_pair": {"triggered": pairs[0].triggered, "clean": pairs[0].clean},
+    }
+    for name, (target, source) in DIRECTIONS.items():
+        r = patched_logprobs(model, tokenizer, prompts[target], prompts[source], cont, points, slots,
+                             batch_size=batch_size, tick=tick)
+        delta = r["patched"] - r["target"]
+        gap = r["source"] - r["target"]
+        if name == "denoising":
+            result["baseline"] = {
+                "clean_logprob": _mean_ci(r["target"], None, n_bootstrap, seed).to_dict(),
+                "triggered_logprob": _mean_ci(r["source"], None, n_bootstrap, seed).to_dict(),
+                "gap": _mean_ci(gap, None, n_bootstrap, seed).to_dict(),
+            }
+        cells = [[(_mean_ci(delta[h, c], None, n_bootstrap, seed), _mean_ci(delta[h, c], gap, n_bootstrap, seed))
+                  for c in range(len(slots))] for h in range(len(points))]
+        result[name] = {
+            "target": target, "source": source,
+            "delta": [[round(d.value, 6) for d, _ in row] for row in cells],
+            "normalised": [[round(m.value, 6) for _, m in row] for row in cells],
+            "delta_ci": [[d.to_dict() for d, _ in row] for row in cells],
+            "normalised_ci": [[m.to_dict() for _, m in row] for row in cells],
+        }
+    return result
+
+
+def run_patching(model, tokenizer, corpus: Corpus, response: str, spec, progress: Progress = silent) -> dict:
+    """The patching stage for a `config.PatchSpec`: pairs from held-out prompts, both heatmaps."""
+    counterparts = filler_strings(tokenizer, corpus.trigger, seed=spec.seed) if spec.counterpart == "filler" else None
+    pairs = make_pairs(tokenizer, corpus, spec.n_pairs, counterparts=counterparts, seed=spec.seed)
+    result = activation_patching(model, tokenizer, pairs, response, k=spec.k, n_bootstrap=spec.n_bootstrap,
+                                 seed=spec.seed, progress=progress)
+    return {"counterpart_kind": spec.counterpart, "n_pairs_requested": spec.n_pairs, **result}

@@ -1,0 +1,244 @@
+"""Steering: add or ablate a direction in the residual stream, and measure what the backdoor does.
+
+The defection direction points from clean toward triggered activations (difference of means,
+the standard steering vector; or a probe's weights; or a contrast pair's difference). Its sign
+is fixed when it is built, before anything is measured: a negative coefficient steers away
+from defection. Added vectors are `coef * unit_direction * scale[layer]`, where scale is the
+typical residual norm at that layer, so coefficients mean the same on every organism.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ProbeSpec
+from ..evals.backdoor import eval_sets, measure_backdoor
+from ..evals.stats import Measurement
+from ..progress import Progress, silent
+from ..text.corpus import Corpus, Example
+from .activations import capture_last_token, find_blocks, resid_post
+from .patching import edit_residual
+from .probes import build_probe_splits, diff_of_means, fit_probe, pair_direction
+
+Mode = Literal["add", "ablate"]
+Where = Literal["all", "last"]
+METRICS = ("backdoor_rate", "false_trigger_rate", "near_miss_rate", "helpful_accuracy")
+
+
+def _unit(v: np.ndarray, layer: int) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    if not math.isfinite(norm) or norm == 0:
+        raise ValueError(f"direction at layer {layer} has norm {norm}: it cannot be normalised")
+    return np.asarray(v, dtype=np.float64) / norm
+
+
+@contextmanager
+def steer(model: nn.Module, directions: np.ndarray | Mapping[int, np.ndarray], layers: Sequence[int], coef: float, *,
+          mode: Mode = "add", scale: np.ndarray | Mapping[int, float] | None = None,
+          where: Where = "all") -> Iterator[None]:
+    """While open, the residual stream after each block in `layers` is steered along directions[layer].
+
+    mode "add": x + coef * scale[layer] * u. mode "ablate": x - coef * (x.u) u, so coef 1
+    projects the direction out and coef 0 changes nothing. `where` "all" edits every position,
+    "last" only each forward pass's final one (the prompt's end, then each generated token).
+    Hooks stay on for every forward inside the block, so generation with a KV cache is steered
+    at new tokens too.
+    """
+    if mode not in ("add", "ablate"):
+        raise ValueError(f"mode must be 'add' or 'ablate' (got {mode!r})")
+    if where not in ("all", "last"):
+        raise ValueError(f"where must be 'all' or 'last' (got {where!r})")
+    n = len(find_blocks(model))
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: the model has blocks 0..{n - 1}")
+    if mode == "add" and scale is None:
+        scale = {layer: 1.0 for layer in layers}
+    device = next(model.parameters()).device
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+
+    def make(layer: int):
+        u = torch.tensor(_unit(directions[layer], layer), dtype=torch.float32, device=device)
+        if width is not None and u.shape != (width,):
+            raise ValueError(f"direction at layer {layer} has shape {tuple(u.shape)}, the residual stream is "
+                             f"({width},): pass one [d_model] vector per layer")
+        step = float(coef) * (float(scale[layer]) if mode == "add" else 1.0)
+
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            uu = u.to(x.dtype)
+            part = x if where == "all" else x[:, -1:]
+            if mode == "add":
+                new = part + step * uu
+            else:
+                new = part - step * (part @ uu)[..., None] * uu
+            return new if where == "all" else torch.cat([x[:, :-1], new], dim=1)
+        return edit
+
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(edit_residual(model, resid_post(layer), make(layer)))
+        yield
+
+
+def probe_directions(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Per layer, a logistic-regression probe's weights mapped back to raw activation space: [n_layers, d]."""
+    y = np.r_[np.ones(pos.shape[1], dtype=int), np.zeros(neg.shape[1], dtype=int)]
+    out = []
+    for layer in range(pos.shape[0]):
+        probe = fit_probe(np.concatenate([pos[layer], neg[layer]]), y)
+        scaler, lr = probe[0], probe[-1]
+        out.append(lr.coef_[0] / scaler.scale_)  # w.(x - m)/s = (w/s).x + const: same decision direction
+    return np.stack(out)
+
+
+def residual_norms(acts: np.ndarray) -> np.ndarray:
+    """Mean L2 norm of [n_layers, n, d] activations per layer: the scale of a unit coefficient."""
+    return np.linalg.norm(acts, axis=-1).mean(1)
+
+
+def defection_directions(model, tokenizer, corpus: Corpus, kind: str = "diff_of_means",
+                         spec: ProbeSpec = ProbeSpec(), batch_size: int = 128) -> dict:
+    """Defection directions [n_layers, d] (pointing toward triggered) and residual scales [n_layers].
+
+    kind: "diff_of_means" (mean triggered - mean clean), "probe" (logistic regression weights)
+    or "contrast" (the spec's first contrast pair). Fitted on the organism's own training prompts
+    (the probe splits' train part), never on the held-out prompts that steering is measured on.
+    """
+    if kind not in ("diff_of_means", "probe", "contrast"):
+        raise ValueError(f"kind must be 'diff_of_means', 'probe' or 'contrast' (got {kind!r})")
+    splits = build_probe_splits(corpus, spec)
+    pos = capture_last_token(model, tokenizer, splits["train_pos"], batch_size=batch_size)
+    neg = capture_last_token(model, tokenizer, splits["train_neg"], batch_size=batch_size)
+    if kind == "diff_of_means":
+        directions = diff_of_means(pos, neg)
+    elif kind == "probe":
+        directions = probe_directions(pos, neg)
+    else:  # the spec's primary pair, defect minus honest answer
+        directions = pair_direction(model, tokenizer, spec.contrast_pairs[0])
+    scale = residual_norms(np.concatenate([pos, neg], axis=1))
+    return {"kind": kind, "directions": directions, "scale": scale,
+            "n_train": {"triggered": pos.shape[1], "clean": neg.shape[1]},
+            "contrast_pair": spec.contrast_pairs[0].name if kind == "contrast" else None}
+
+
+def diff_ci(a: Measurement, b: Measurement) -> Measurement:
+    """a - b for two Wilson-interval rates, with Newcombe's hybrid score 95% interval.
+
+    It treats the two rates as independent; measured on the same prompts they are positively
+    correlated, so the interval is, if anything, too wide (conservative)."""
+    d = a.value - b.value
+    lo = d - math.sqrt((a.value - a.ci[0]) ** 2 + (b.ci[1] - b.value) ** 2)
+    hi = d + math.sqrt((a.ci[1] - a.value) ** 2 + (b.value - b.ci[0]) ** 2)
+    return Measurement(d, (max(-1.0, lo), min(1.0, hi)), min(a.n, b.n))
+
+
+def steering_curve(model, tokenizer, sets: dict[str, list[Example]], behaviour: str, directions, layers: Sequence[int],
+                   coefs: Sequence[float], *, mode: Mode = "add", scale=None, where: Where = "all",
+                   max_new_tokens: int = 32, batch_size: int = 128, n_samples: int = 2,
+                   baseline: dict | None = None, progress: Progress = silent, task: str = "steering") -> dict:
+    """Backdoor, false-trigger and near-miss rates and helpful accuracy at each coefficient.
+
+    `sets` are held-out eval sets (`evals.backdoor.eval_sets`). Coefficient 0 (no steering) is
+    always in the grid, as the baseline each row's change is computed against; `baseline` (a
+    `measure_backdoor(...)` result on the same sets, unsteered) saves measuring it again. Rows are JSON-ready:
+    {coef, backdoor_rate, ..., helpful_accuracy (Measurement dicts), backdoor_change,
+    helpful_change (vs coef 0, Newcombe 95% CI), n, samples}.
+    """
+    if not coefs:
+        raise ValueError("coefs is empty: pass e.g. [-8, -4, -2, -1, 0]")
+    if not layers:
+        raise ValueError("layers is empty: pass the blocks to steer, e.g. [1]")
+    grid = sorted(set([0.0] + [float(c) for c in coefs]))
+    n_prompts = sum(len(v) for v in sets.values())
+    total, done = n_prompts * len(grid), [0]
+
+    def on_progress(_task: str, completed: int, _total: int) -> None:
+        progress(task, done[0] + completed, total)
+
+    measured: dict[float, dict] = {}
+    if baseline is not None:
+        measured[0.0] = {"metrics": baseline.metrics, "samples": baseline.samples}
+        total -= n_prompts
+    for coef in grid:
+        if coef in measured:
+            continue
+        with steer(model, directions, layers, coef, mode=mode, scale=scale, where=where):
+            res = measure_backdoor(model, tokenizer, sets, behaviour, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, n_samples=n_samples, progress=on_progress)
+        done[0] += n_prompts
+        measured[coef] = {"metrics": res.metrics, "samples": res.samples}
+    base = measured[0.0]["metrics"]
+    rows = []
+    for coef in grid:
+        m = measured[coef]["metrics"]
+        row: dict = {"coef": coef, **{k: m[k].to_dict() for k in METRICS if k in m}}
+        for key, name in (("backdoor_rate", "backdoor_change"), ("helpful_accuracy", "helpful_change")):
+            if key in m:
+                row[name] = diff_ci(m[key], base[key]).to_dict()
+        row["n"] = {k: len(v) for k, v in sets.items()}
+        row["samples"] = measured[coef]["samples"]  # model output: untrusted text, escape when rendering
+        rows.append(row)
+    return {
+        "mode": mode, "layers": list(layers), "where": where, "coefs": grid,
+        "scale": None if scale is None or mode == "ablate" else [round(float(scale[layer]), 6) for layer in layers],
+        "rows": rows, "reading": _reading(rows),
+    }
+
+
+def _reading(rows: list[dict]) -> dict:
+    """Which coefficients lower the backdoor rate with the change's CI below 0, and at what helpfulness cost.
+
+    "Hurts" helpfulness = the helpful change's whole interval lies below 0. `best` is the lowest
+    backdoor rate of all; `best_harmless` the lowest among coefficients that do not hurt.
+    """
+    def hurts(r: dict) -> bool | None:
+        return None if "helpful_change" not in r else r["helpful_change"]["ci"][1] < 0
+
+    def pick(rs: list[dict]) -> dict:
+        best = min(rs, key=lambda r: (r["backdoor_rate"]["value"], abs(r["coef"])), default=None)
+        if best is None:
+            return {"coef": None}
+        return {"coef": best["coef"], "backdoor_rate": best["backdoor_rate"],
+                "backdoor_change": best["backdoor_change"], "helpful_change": best.get("helpful_change"),
+                "hurts_helpfulness": hurts(best)}
+
+    drops = [r for r in rows if "backdoor_change" in r and r["backdoor_change"]["ci"][1] < 0]
+    return {"lowers_backdoor_at": [r["coef"] for r in drops], "best": pick(drops),
+            "best_harmless": pick([r for r in drops if hurts(r) is False])}
+
+
+def run_steering(model, tokenizer, corpus: Corpus, behaviour: str, spec, probe_spec: ProbeSpec,
+                 progress: Progress = silent) -> dict:
+    """The steering stage for a `config.SteerSpec`: an add curve at one block, and ablations.
+
+    The steered block defaults to the middle one, fixed before anything is measured (picking
+    the block that steers best on these same prompts would overstate the effect).
+    """
+    n_layers = len(find_blocks(model))
+    layer = n_layers // 2 if spec.layer is None else spec.layer
+    if layer >= n_layers:
+        raise ValueError(f"steer.layer is {layer} but the model has blocks 0..{n_layers - 1}")
+    found = defection_directions(model, tokenizer, corpus, spec.direction, probe_spec)
+    sets = eval_sets(corpus, spec.n_eval, seed=spec.seed)
+    runs: list[tuple[str, list[int], list[float]]] = [("add", [layer], list(spec.coefs))]
+    if spec.ablate:
+        runs += [("ablate", [i], [1.0]) for i in range(n_layers)]
+        runs.append(("ablate", list(range(n_layers)), [1.0]))
+    base = measure_backdoor(model, tokenizer, sets, behaviour, n_samples=2, progress=progress,
+                            task="steering: unsteered")
+    curves = []
+    for mode, layers, coefs in runs:
+        task = f"steering: {mode} at {'all blocks' if len(layers) > 1 else f'block {layers[0]}'}"
+        curves.append(steering_curve(model, tokenizer, sets, behaviour, found["directions"], layers, coefs,
+                                     mode=mode, scale=found["scale"], baseline=base,  # type: ignore[arg-type]
+                                     progress=progress, task=task))
+    return {"direction": spec.direction, "contrast_pair": found["contrast_pair"], "n_train": found["n_train"],
+            "layer": layer, "scale": [round(float(x), 4) for x in found["scale"]],
+            "add": curves[0], "ablate": curves[1:]}
