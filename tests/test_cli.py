@@ -195,3 +195,7 @@ def test_full_demo_with_another_trigger_and_behaviour_meets_acceptance(tmp_path)
     best = max(r["probes"]["supervised"] + r["probes"]["contrast"], key=lambda x: x["auroc_near_miss"]["value"])
     assert best["auroc_near_miss"]["value"] >= 0.95
     assert best["auroc_near_miss"]["value"] > best["random_init_auroc_near_miss"]["value"]
+    patching = r["patching"]
+    all_col = [p["role"] for p in patching["positions"]].index("all")
+    assert all(abs(row[all_col] - 1) < 1e-3 for row in patching["denoising"]["normalised"])
+    assert r["steering"]["add"]["rows"] and len(r["steering"]["ablate"]) == len(r["probes"]["supervised"]) + 1

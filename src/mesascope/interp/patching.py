@@ -319,9 +319,23 @@ def activation_patching(model, tokenizer, pairs: Sequence[PatchPair], response: 
 
 
 def run_patching(model, tokenizer, corpus: Corpus, response: str, spec, progress: Progress = silent) -> dict:
-    """The patching stage for a `config.PatchSpec`: pairs from held-out prompts, both heatmaps."""
-    counterparts = filler_strings(tokenizer, corpus.trigger, seed=spec.seed) if spec.counterpart == "filler" else None
-    pairs = make_pairs(tokenizer, corpus, spec.n_pairs, counterparts=counterparts, seed=spec.seed)
+    """The patching stage for a `config.PatchSpec`: pairs from held-out prompts, both heatmaps.
+
+    With counterpart "near_miss", a trigger whose held-out near misses rarely tokenize to its
+    own length (so fewer than half the pairs line up) falls back to random filler strings,
+    and the result says so.
+    """
+    kind, pairs = spec.counterpart, []
+    if kind == "near_miss":
+        try:
+            pairs = make_pairs(tokenizer, corpus, spec.n_pairs, seed=spec.seed)
+        except ValueError:
+            pairs = []
+        if len(pairs) < spec.n_pairs / 2:
+            kind = "filler (too few near misses line up with the trigger's tokens)"
+    if not kind.startswith("near_miss"):
+        pairs = make_pairs(tokenizer, corpus, spec.n_pairs, counterparts=filler_strings(tokenizer, corpus.trigger,
+                                                                                      seed=spec.seed), seed=spec.seed)
     result = activation_patching(model, tokenizer, pairs, response, k=spec.k, n_bootstrap=spec.n_bootstrap,
                                  seed=spec.seed, progress=progress)
-    return {"counterpart_kind": spec.counterpart, "n_pairs_requested": spec.n_pairs, **result}
+    return {"counterpart_kind": kind, "n_pairs_requested": spec.n_pairs, **result}
