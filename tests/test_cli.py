@@ -136,6 +136,11 @@ def test_build_stress_probe_on_an_organism_directory(tmp_path):
     res = invoke("steer", path, "--config", cfg, "--out", out)
     assert "Steering along the diff_of_means defection direction" in res.stdout
     assert len(list(out.glob("runs/steer-*"))) == 1
+    # The commands on one organism add up to one report in OUT; the stressed copy's stages are not in it.
+    results = json.loads((out / "results.json").read_text())
+    assert results["probes"]["supervised"] and results["patching"]["points"] and results["steering"]["add"]
+    assert results["metrics"]["backdoor_rate"]["n"] == 24 and results["organism"]["path"] == path
+    assert 'id="steering"' in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_killed_build_command_resumes_from_its_last_checkpoint(tmp_path):

@@ -204,13 +204,33 @@ def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path]
     """Shared body of `stress`, `probe`, `patch` and `steer`: `work(run, spec)` returns a dict of
     `assemble` keyword arguments (stress, probes, patching, steering)."""
     from .pipeline import assemble
+    from .report import write_report
+    from .store import atomic_write_json
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
         run = _run_for(target, out, fresh, progress)
         parts = work(run, spec)
-    show_results(assemble(run, None, parts.get("stress"), parts.get("probes"), patching=parts.get("patching"),
-                          steering=parts.get("steering")), out)
+        measurements = run.measure(spec.eval)  # the report's headline; stored, so measured once per organism
+    # Commands run one after another on the same organism add up to one report in OUT.
+    earlier = _earlier_results(out / "results.json", run.organism.fingerprint)
+    parts = {k: parts.get(k) or earlier.get(k) for k in ("stress", "probes", "patching", "steering")}
+    results = assemble(run, measurements, parts["stress"], parts["probes"], patching=parts["patching"],
+                       steering=parts["steering"])
+    atomic_write_json(out / "results.json", results)
+    write_report(results, out)
+    show_results(results, out)
+
+
+def _earlier_results(path: Path, fingerprint: str) -> dict:
+    """The parts of OUT/results.json measured on the same organism (same weights), else nothing."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if old.get("organism", {}).get("fingerprint") != fingerprint:
+        return {}
+    return {k: old.get(k) for k in ("stress", "probes", "patching", "steering")}
 
 
 @app.command()
