@@ -16,7 +16,6 @@ safetensors shards on disk (`ActivationStore`), so a capture of any size holds o
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,12 +24,13 @@ from typing import NamedTuple, Union
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.numpy import save as safetensors_bytes
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..store import atomic_write_bytes, atomic_write_json
+from .activation_store import (DEFAULT_SHARD_SIZE, STORE_FORMAT, ActivationStore, Activations,  # noqa: F401
+                               concat, forget_previous_store)
 
 
 class Arch(NamedTuple):
@@ -61,8 +61,6 @@ SITES: dict[str, tuple[str | None, bool]] = {
 # A position mask: a callable from one prompt's token ids to a bool per token, or one bool array per prompt.
 Positions = Union[str, Callable[[np.ndarray], np.ndarray], Sequence[np.ndarray]]
 
-STORE_FORMAT = "mesascope-activations/1"
-DEFAULT_SHARD_SIZE = 2048  # prompts per shard on disk: ~4 MB for 4 hooks of width 128 at the last token
 
 
 def resid_post(layer: int) -> str:
@@ -191,99 +189,6 @@ def _recording(points: Sequence[tuple[nn.Module, bool]], select: _Selector, sink
             h.remove()
 
 
-@dataclass
-class Activations:
-    """Captured activations in memory, float32, one array per hook.
-
-    positions="last": `self[hook]` is [n_prompts, d], row i for prompt i.
-    positions="all" or a mask: ragged; prompt i's kept tokens are rows offsets[i]:offsets[i+1] of
-    `self[hook]` ([n_rows, d]), in token order, and token_index[r] is row r's position in its prompt
-    (counting its own tokens, from 0, padding excluded).
-    """
-
-    data: dict[str, np.ndarray]
-    positions: str  # "last", "all" or "mask"
-    n_prompts: int
-    offsets: np.ndarray | None = None
-    token_index: np.ndarray | None = None
-
-    @property
-    def hooks(self) -> list[str]:
-        return list(self.data)
-
-    def __getitem__(self, hook: str) -> np.ndarray:
-        if hook not in self.data:
-            raise KeyError(f"{hook!r} was not captured; captured: {', '.join(self.data)}")
-        return self.data[hook]
-
-    def __len__(self) -> int:
-        return self.n_prompts
-
-    def per_prompt(self, hook: str) -> list[np.ndarray]:
-        """One [kept tokens, d] array per prompt (for positions='last', one [1, d] each)."""
-        x = self[hook]
-        return list(x[:, None]) if self.offsets is None else np.split(x, self.offsets[1:-1])
-
-
-def concat(parts: Sequence[Activations]) -> Activations:
-    """Activations of consecutive prompt ranges, joined into one."""
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    data = {h: np.concatenate([p.data[h] for p in parts]) for h in first.data}
-    offsets = token_index = None
-    if first.offsets is not None:
-        ends = np.cumsum([0] + [int(p.offsets[-1]) for p in parts])
-        offsets = np.concatenate([[0]] + [p.offsets[1:] + e for p, e in zip(parts, ends)])
-        token_index = np.concatenate([p.token_index for p in parts])
-    return Activations(data, first.positions, sum(p.n_prompts for p in parts), offsets, token_index)
-
-
-class ActivationStore:
-    """A capture streamed to disk: shard-NNNNN.safetensors files (consecutive prompts each) and index.json."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        index_path = self.path / "index.json"
-        if not index_path.exists():
-            raise FileNotFoundError(f"{self.path} holds no finished capture (no index.json): run capture(..., "
-                                    f"out_dir={str(self.path)!r}) to completion first")
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        if index.get("format") != STORE_FORMAT:
-            raise ValueError(f"{index_path} is not a mesascope activation store (format {index.get('format')!r}, "
-                             f"expected {STORE_FORMAT!r})")
-        self.index = index
-        self.hooks: list[str] = index["hooks"]
-        self.positions: str = index["positions"]
-        self.n_prompts: int = index["n_prompts"]
-
-    def __len__(self) -> int:
-        return self.n_prompts
-
-    def _read(self, file: str, names: Sequence[str]) -> dict[str, np.ndarray]:
-        with safe_open(self.path / file, framework="numpy") as f:
-            return {name: f.get_tensor(name) for name in names}
-
-    def __getitem__(self, hook: str) -> np.ndarray:
-        """One hook over every prompt, shard by shard: the other hooks are never read."""
-        if hook not in self.hooks:
-            raise KeyError(f"{hook!r} was not captured; captured: {', '.join(self.hooks)}")
-        return np.concatenate([self._read(s["file"], [hook])[hook] for s in self.index["shards"]])
-
-    def shards(self, hooks: Sequence[str] | None = None) -> Iterator[tuple[int, Activations]]:
-        """(first prompt index, that shard's Activations), one shard in memory at a time."""
-        hooks = self.hooks if hooks is None else list(hooks)
-        ragged = self.positions != "last"
-        for s in self.index["shards"]:
-            arrays = self._read(s["file"], hooks + (["offsets", "token_index"] if ragged else []))
-            offsets, token_index = arrays.pop("offsets", None), arrays.pop("token_index", None)
-            yield s["start"], Activations(arrays, self.positions, s["stop"] - s["start"], offsets, token_index)
-
-    def load(self) -> Activations:
-        """Everything, in memory."""
-        return concat([acts for _, acts in self.shards()])
-
-
 def _check_positions(positions: Positions, n: int) -> str:
     if isinstance(positions, str):
         if positions not in ("last", "all"):
@@ -406,7 +311,7 @@ def capture(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Seque
         if out_dir is None:
             return concat([run.chunk(start, stop) for start, stop in bounds])
         out_dir = Path(out_dir)
-        _forget_previous_store(out_dir)
+        forget_previous_store(out_dir)
         shards = []
         for k, (start, stop) in enumerate(bounds):
             acts = run.chunk(start, stop)
@@ -422,19 +327,6 @@ def capture(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Seque
                                                "n_prompts": len(prompts), "d_model": d_model, "dtype": "float32",
                                                "shards": shards})
     return ActivationStore(out_dir)
-
-
-def _forget_previous_store(out_dir: Path) -> None:
-    """Remove an earlier capture's index, then its shards, so a crash now cannot leave a mix of old and new."""
-    index = out_dir / "index.json"
-    if not index.exists():
-        return
-    old = json.loads(index.read_text(encoding="utf-8"))
-    if old.get("format") != STORE_FORMAT:
-        raise ValueError(f"{out_dir} holds an index.json that is not a mesascope activation store: pick another out_dir")
-    index.unlink()
-    for s in old.get("shards", []):
-        (out_dir / s["file"]).unlink(missing_ok=True)
 
 
 def capture_last_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
