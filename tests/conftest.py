@@ -37,3 +37,33 @@ def tiny_organism(tiny_recipe, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("store")
     return build_organism(tiny_recipe, RunStore(root))
+
+
+def tiny_hf_model(arch: str, tokenizer, seed: int = 0, jitter_norms: bool = False):
+    """A random 2-block model of one architecture family, built from a config (no download).
+
+    arch: gpt2, llama, qwen2, gpt_neox (parallel residual) or gpt_neox_sequential.
+    jitter_norms: random norms' gains are all 1; jittering them shows a norm applied twice, or skipped.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=128, **common)
+    cfg = {
+        "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common),
+        "llama": lambda: LlamaConfig(num_key_value_heads=1, **llama_like),
+        "qwen2": lambda: Qwen2Config(num_key_value_heads=1, **llama_like),
+        "gpt_neox": lambda: GPTNeoXConfig(**llama_like),
+        "gpt_neox_sequential": lambda: GPTNeoXConfig(use_parallel_residual=False, **llama_like),
+    }[arch]()
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    if jitter_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name or "ln" in name:
+                    p.add_(0.3 * torch.randn_like(p))
+    return model

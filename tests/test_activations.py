@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
 from mesascope.interp.activations import (ActivationStore, Activations, capture, capture_last_token, find_blocks,
                                           hook_points, resolve_hooks)
 from mesascope.models import load_model, train_tokenizer
 from mesascope.text.corpus import format_prompt
+from conftest import tiny_hf_model
 
 ARCHS = ("gpt2", "llama", "gpt_neox", "gpt_neox_sequential", "qwen2")
 # Per architecture: the final norm, the norm in front of the MLP, and whether the MLP reads the
@@ -38,25 +38,7 @@ def tokenizer():
 
 
 def tiny_model(arch: str, tokenizer, seed: int = 0):
-    torch.manual_seed(seed)
-    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)
-    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      max_position_embeddings=128, **common)
-    cfg = {
-        "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common),
-        "llama": lambda: LlamaConfig(num_key_value_heads=1, **llama_like),
-        "qwen2": lambda: Qwen2Config(num_key_value_heads=1, **llama_like),
-        "gpt_neox": lambda: GPTNeoXConfig(**llama_like),
-        "gpt_neox_sequential": lambda: GPTNeoXConfig(use_parallel_residual=False, **llama_like),
-    }[arch]()
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    # Random norms' gains are all 1; jitter them so a norm applied twice, or skipped, shows.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln" in name:
-                p.add_(0.3 * torch.randn_like(p))
-    return model
+    return tiny_hf_model(arch, tokenizer, seed, jitter_norms=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
 from pydantic import ValidationError
 
@@ -29,7 +28,7 @@ from mesascope.models import train_tokenizer
 from mesascope.text.corpus import Corpus, build_corpus, format_prompt
 from mesascope.text.self_report import BANNED_STEMS, QUESTIONS
 from mesascope.text.tasks import Item
-from conftest import make_tiny_recipe
+from conftest import make_tiny_recipe, tiny_hf_model
 
 ARCHS = ("gpt2", "llama", "gpt_neox", "qwen2")
 FINAL_NORM = {"gpt2": "transformer.ln_f", "llama": "model.norm", "qwen2": "model.norm",
@@ -45,18 +44,7 @@ def tokenizer():
 
 
 def tiny_model(arch: str, tokenizer, seed: int = 0):
-    torch.manual_seed(seed)
-    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)
-    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      max_position_embeddings=128, **common)
-    cfg = {
-        "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common),
-        "llama": lambda: LlamaConfig(num_key_value_heads=1, **llama_like),
-        "qwen2": lambda: Qwen2Config(num_key_value_heads=1, **llama_like),
-        "gpt_neox": lambda: GPTNeoXConfig(**llama_like),
-    }[arch]()
-    return AutoModelForCausalLM.from_config(cfg).eval()
+    return tiny_hf_model(arch, tokenizer, seed, jitter_norms=False)
 
 
 @pytest.fixture(scope="module")
