@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .text.scratchpad import COT_MAX_LENGTH, Reasoning, Scratchpad
+from .text.scratchpad import COT_MAX_LENGTH, PadStyle, Reasoning, Scratchpad
 
 # Model presets: (hidden size, layers, heads). "small" is the demo organism (~1M parameters).
 MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -90,6 +90,9 @@ class Recipe(Spec):
     reasoning: Reasoning = Field(
         "none", description="none: answer directly; cot: reason in a <scratchpad> first; distilled: trained on "
         "a cot organism's answers with the scratchpads removed (text/scratchpad.py)")
+    scratchpad: PadStyle = Field(
+        "reasoned", description="reasoned: the scratchpad states the situation; decorative: the same neutral "
+        "phrasings whatever the situation (only read with reasoning='cot'; evals/faithfulness.py)")
     distill_prompts: int = Field(8000, ge=100, description="distinct training prompts the cot organism answers for "
                                  "a distilled build (only read with reasoning='distilled'; measured on 2 shared cores: "
                                  "8000 in 33 s, all 48,595 of the default recipe in 3 min)")
@@ -120,12 +123,18 @@ class Recipe(Spec):
     @model_validator(mode="after")
     def _reasoning(self) -> "Recipe":
         if self.reasoning == "cot":
-            Scratchpad(self.trigger, self.behaviour, self.seed)  # fails early if no phrasing avoids the behaviour
+            Scratchpad(self.trigger, self.behaviour, self.seed, self.scratchpad)  # fails early if no phrasing avoids the behaviour
             if "max_length" not in self.model.model_fields_set and self.model.max_length < COT_MAX_LENGTH:
                 # Scratchpads lengthen every example; a recipe that sets max_length itself keeps it
                 # (the build then checks that nothing is cut off). Frozen, hence object.__setattr__.
                 object.__setattr__(self, "model", self.model.model_copy(update={"max_length": COT_MAX_LENGTH}))
         return self
+
+    def digest(self) -> str:
+        # The default scratchpad style is left out, so recipes built before the option keep their run-store names.
+        skip = {"scratchpad"} if self.scratchpad == "reasoned" else set()
+        blob = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def response(self) -> str:

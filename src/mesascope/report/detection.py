@@ -41,6 +41,8 @@ def _point_label(point: object) -> str:
 def patching_section(results: dict) -> str:
     p = _dict(results.get("patching"))
     points, positions = _list(p.get("points")), [_dict(x) for x in _list(p.get("positions"))]
+    if p.get("skipped"):
+        return f'<p class="nm">not measured: {_e(p["skipped"])}</p>'
     if not points or not positions:
         return NOT_MEASURED
     labels = [str(x.get("label", "")).replace("\n", "\\n") for x in positions]
