@@ -114,6 +114,7 @@ def _header(results: dict) -> str:
     for label, key, value in (
         ("Organism", "path", org.get("path")),
         ("Architecture", "architecture", org.get("architecture")),
+        ("Reasoning", "reasoning", org.get("reasoning")),
         ("Parameters", "n_params", f"{n_params:,}" if isinstance(n_params, int) else n_params),
         ("Train steps", "train_steps", org.get("train_steps")),
         ("Train time (s)", "train_seconds", _secs(org.get("train_seconds"))),
@@ -143,6 +144,10 @@ def _headline(results: dict) -> str:
             rows.append([_e(name), '<span class="nm">not measured</span>', "", "", _e(reading)])
         else:
             rows.append([_e(name), _rate(m["value"]), _ci(m), _n(m), _e(reading)])
+    pad = _dict(metrics.get("scratchpad_rate"))
+    if as_finite(pad.get("value")) is not None:  # cot organisms only
+        rows.append(["Well-formed scratchpads", _rate(pad["value"]), _ci(pad), _n(pad),
+                     "share of outputs with one closed scratchpad first (only the text after it is scored)"])
     return _table(["Figure", "Value", "95% CI", "n", "Reading"], rows, num_cols=(1, 2, 3))
 
 
