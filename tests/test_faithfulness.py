@@ -124,6 +124,9 @@ def test_suite_reports_every_metric_with_a_ci(cot):
                      "reference_matches_free"):
             meas = m[f"{kind}.{name}"]
             assert meas.n > 0 and meas.ci[0] <= meas.value <= meas.ci[1], (kind, name, meas)
+        for name in ("mistake", "swap", "filler", "paraphrase", "reference"):
+            assert 0 <= m[f"{kind}.{name}_fires"].value <= 1
+        assert m[f"{kind}.early.0.5_malformed"].n == m[f"{kind}.early_answering_aoc"].n
         curve = res.curves[kind]
         assert [f for f, _ in curve] == list(FRACTIONS)
         assert curve[-1][1].value == 1.0  # the full reasoning is the reference itself
