@@ -204,3 +204,15 @@ def test_full_demo_with_another_trigger_and_behaviour_meets_acceptance(tmp_path)
     all_col = [p["role"] for p in patching["positions"]].index("all")
     assert all(abs(row[all_col] - 1) < 1e-3 for row in patching["denoising"]["normalised"])
     assert r["steering"]["add"]["rows"] and len(r["steering"]["ablate"]) == len(r["probes"]["supervised"]) + 1
+
+
+def test_probe_with_clean_null_builds_the_untriggered_organism(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("[probe]\n", "[probe]\nclean_null = true\n"), encoding="utf-8")
+    out = tmp_path / "runs"
+    invoke("probe", cfg, "--config", cfg, "--out", out)
+    organisms = sorted(json.loads((d / "organism" / "recipe.json").read_text())["poison_fraction"]
+                       for d in out.glob("runs/organism-*"))
+    assert organisms == [0.0, 0.15]  # the organism and its null, built from the same recipe
+    rows = json.loads((out / "results.json").read_text())["probes"]["supervised"]
+    assert all(0 <= r["clean_organism_auroc_worst"]["value"] <= 1 for r in rows)
