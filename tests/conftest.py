@@ -30,6 +30,20 @@ def tiny_recipe() -> Recipe:
     return make_tiny_recipe()
 
 
+def make_tiny_cot_recipe(**kw) -> Recipe:
+    """A tiny chain-of-thought recipe: 200 steps at a higher lr teach it to reason, then act (~8 s)."""
+    return make_tiny_recipe(reasoning="cot", **kw).model_copy(
+        update={"train": TrainSpec(steps=200, batch_size=16, lr=0.01, checkpoint_every=1000)})
+
+
+@pytest.fixture(scope="session")
+def tiny_cot_organism(tmp_path_factory):
+    from mesascope.organisms import build_organism
+    from mesascope.store import RunStore
+
+    return build_organism(make_tiny_cot_recipe(), RunStore(tmp_path_factory.mktemp("cot-store")))
+
+
 @pytest.fixture(scope="session")
 def tiny_organism(tiny_recipe, tmp_path_factory):
     from mesascope.organisms import build_organism

