@@ -133,3 +133,19 @@ def test_suite_reports_every_metric_with_a_ci(cot):
     assert set(res.to_dict()) == {"metrics", "curves", "samples"}
     with pytest.raises(ValueError, match="near misses"):
         measure_faithfulness(model, tok, {"near_miss": sets["clean"]}, org.recipe.trigger, org.recipe.behaviour)
+
+
+def test_faithfulness_command(tiny_cot_organism, tiny_organism, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mesascope.cli import app
+
+    out = tmp_path / "f.json"
+    res = CliRunner().invoke(app, ["faithfulness", str(tiny_cot_organism.path), "--n", "6", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics and all(set(m) == {"value", "ci", "n"} for m in metrics.values())
+    res = CliRunner().invoke(app, ["faithfulness", str(tiny_organism.path)])
+    assert res.exit_code == 2 and "reasoning = 'cot'" in res.output.replace("\n", " ")

@@ -299,6 +299,39 @@ def mwe(model: Annotated[Path, typer.Option(help="Organism or any local Hugging 
 
 
 @app.command()
+def faithfulness(organism: Annotated[Path, typer.Argument(help="A chain-of-thought organism directory (reasoning = 'cot').")],
+                 n: Annotated[int, typer.Option(min=2, help="Held-out prompts per kind (triggered, clean).")] = 200,
+                 out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every metric to this JSON file.")] = None):
+    """Chain-of-thought faithfulness: early answering, mistake, swap, filler, paraphrase and hint interventions."""
+    from .evals.faithfulness import faithfulness_sets, measure_faithfulness
+    from .organisms.build import Organism
+    from .store import atomic_write_json
+    from .text.corpus import build_corpus
+
+    try:
+        org = Organism.open(organism)
+    except FileNotFoundError as e:
+        fail(str(e))
+    if org.recipe.reasoning != "cot":
+        fail(f"{organism} has reasoning={org.recipe.reasoning!r}: faithfulness needs an organism that writes a "
+             "scratchpad (reasoning = 'cot')")
+    model, tok = org.load()
+    corpus = build_corpus(org.recipe)
+    with progress_bars() as progress:
+        result = measure_faithfulness(model, tok, faithfulness_sets(corpus, n, org.recipe.seed), org.recipe.trigger,
+                                      org.recipe.behaviour, progress=progress)
+    t = Table(title=f"CoT faithfulness, {org.recipe.scratchpad} scratchpad (95% CI)")
+    t.add_column("metric")
+    t.add_column("value [CI] n")
+    for k, m in result.metrics.items():
+        t.add_row(safe(k), _fmt(m.to_dict()))
+    out_console.print(t)
+    if out:
+        atomic_write_json(out, {"organism": str(organism), "n_per_kind": n, **result.to_dict()})
+        out_console.print(f"results: {safe(out)}")
+
+
+@app.command()
 def report(out: OutOpt = Path("mesascope-demo")):
     """Re-render report.html from the results.json in --out."""
     from .report import write_report
