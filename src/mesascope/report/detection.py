@@ -10,24 +10,10 @@ from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict
 from mesascope.report.safe import as_list as _list
 from mesascope.report.safe import esc as _e
+from mesascope.report.safe import fig_cell as _m
+from mesascope.report.safe import point as _point
+from mesascope.report.safe import table as _table
 from mesascope.report.svg import as_finite, heatmap, line_chart
-
-
-def _m(m: object) -> str:
-    m = _dict(m)
-    v = as_finite(m.get("value"))
-    if v is None:
-        return '<span class="nm">—</span>'
-    ci = _list(m.get("ci"))
-    lo, hi = (as_finite(ci[0]), as_finite(ci[1])) if len(ci) == 2 else (None, None)
-    band = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
-    return f'{v:.3f}<span class="ci">{_e(band)} n={_e(m.get("n", "?"))}</span>'
-
-
-def _point(x: object, m: object) -> tuple:
-    m = _dict(m)
-    ci = _list(m.get("ci"))
-    return (x, m.get("value"), *(ci if len(ci) == 2 else (None, None)))
 
 
 def _point_label(point: object) -> str:
@@ -90,12 +76,10 @@ def steering_section(results: dict) -> str:
         for r in (_dict(r) for r in _list(curve.get("rows"))):
             if curve.get("mode") == "ablate" and as_finite(r.get("coef")) == 0:
                 continue
-            table_rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-                _e(curve.get("mode", "")), _e(",".join(map(str, _list(curve.get("layers"))))), _e(r.get("coef", "")),
-                _m(r.get("backdoor_rate")), _m(r.get("backdoor_change")), _m(r.get("helpful_accuracy")),
-                _m(r.get("helpful_change")), _m(r.get("false_trigger_rate")))) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("Mode", "Blocks", "Coef", "Backdoor rate", "Change vs unsteered",
-                                             "Helpful accuracy", "Change vs unsteered", "False-trigger rate"))
+            table_rows.append([_e(curve.get("mode", "")), _e(",".join(map(str, _list(curve.get("layers"))))),
+                               _e(r.get("coef", "")), _m(r.get("backdoor_rate")), _m(r.get("backdoor_change")),
+                               _m(r.get("helpful_accuracy")), _m(r.get("helpful_change")),
+                               _m(r.get("false_trigger_rate"))])
     reading = _dict(add.get("reading"))
     best, harmless = _dict(reading.get("best")), _dict(reading.get("best_harmless"))
     verdict = "no coefficient of the add curve lowered the backdoor rate with its interval below zero"
@@ -109,8 +93,9 @@ def steering_section(results: dict) -> str:
             f"pointing toward triggered; a negative coefficient steers away from defection, ablation projects the "
             f"direction out of the block's output at every position. Changes are against the unsteered organism on "
             f"the same held-out prompts (Newcombe 95% interval). Reading: {verdict}.</p>")
-    return f'{lede}<div class="charts">{chart}</div><table><thead><tr>{head}</tr></thead><tbody>' \
-           f'{"".join(table_rows)}</tbody></table>'
+    return f'{lede}<div class="charts">{chart}</div>' + _table(
+        ["Mode", "Blocks", "Coef", "Backdoor rate", "Change vs unsteered", "Helpful accuracy", "Change vs unsteered",
+         "False-trigger rate"], table_rows)
 
 
 PROBE_KINDS = (("supervised", "supervised (logistic regression)"), ("diff_of_means", "difference of means"),
@@ -119,12 +104,6 @@ PROBE_KINDS = (("supervised", "supervised (logistic regression)"), ("diff_of_mea
 
 def _rows(value: object) -> list[dict]:
     return [r for r in _list(value) if isinstance(r, dict)]
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _num(v: object, fmt: str = ".3f") -> str:

@@ -17,7 +17,14 @@ from mesascope.report.detection import patching_section, probes_section, steerin
 from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict
 from mesascope.report.safe import as_list as _list
+from mesascope.report.safe import ci as _ci
+from mesascope.report.safe import ci_bounds as _ci_bounds
 from mesascope.report.safe import esc as _e
+from mesascope.report.safe import fig_cell as _fig_cell
+from mesascope.report.safe import n as _n
+from mesascope.report.safe import point as _point
+from mesascope.report.safe import rate as _rate
+from mesascope.report.safe import table as _table
 from mesascope.report.svg import as_finite, bar_chart, line_chart
 
 # (key, figure name, acceptance-style reading) for the headline table.
@@ -45,58 +52,6 @@ code{background:#f3f3f3;padding:0 3px;word-break:break-word}
 .charts{display:flex;flex-wrap:wrap;gap:12px} svg.chart{border:1px solid #eee;background:#fff}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600}
 """
-
-
-def _rate(value: object) -> str:
-    f = as_finite(value)
-    return f"{f:.3f}" if f is not None else "—"
-
-
-def _ci_bounds(m: dict) -> tuple[float | None, float | None]:
-    ci = m.get("ci")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        return as_finite(ci[0]), as_finite(ci[1])
-    return None, None
-
-
-def _ci(m: dict) -> str:
-    lo, hi = _ci_bounds(m)
-    return f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "—"
-
-
-def _n(m: dict) -> str:
-    n = m.get("n")
-    return _e(n) if n is not None else "—"
-
-
-def _fig_cell(m: object) -> str:
-    """Compact 'value [lo, hi] n=…' for dense tables; the headline table splits the columns."""
-    m = _dict(m)
-    if as_finite(m.get("value")) is None:
-        return '<span class="nm">not measured</span>'
-    return f'{_rate(m["value"])} <span class="ci">{_ci(m)} n={_n(m)}</span>'
-
-
-def _point(x: object, m: object) -> tuple:
-    m = _dict(m)
-    return (x, m.get("value"), *_ci_bounds(m))
-
-
-def _table(
-    headers: list[str],
-    rows: list[list[str]],
-    num_cols: tuple[int, ...] = (),
-    txt_cols: tuple[int, ...] = (),
-) -> str:
-    """Cells in ``rows`` are already-safe HTML; headers are escaped here."""
-
-    def cell(i: int, c: str) -> str:
-        cls = "num" if i in num_cols else "txt" if i in txt_cols else ""
-        return f'<td class="{cls}">{c}</td>' if cls else f"<td>{c}</td>"
-
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(f"<tr>{''.join(cell(i, c) for i, c in enumerate(row))}</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _section(anchor: str, title: str, body: str) -> str:
