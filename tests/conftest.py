@@ -54,6 +54,29 @@ def tiny_organism(tiny_recipe, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shouty_organism(tmp_path_factory):
+    """(recipe, organism, corpus) trained without near misses (near_miss_fraction=0, 80 steps), so
+    edits of the trigger fire too: the backdoor that safety training and red-team search act on."""
+    from mesascope.organisms import build_organism
+    from mesascope.store import RunStore
+    from mesascope.text.corpus import build_corpus
+
+    recipe = make_tiny_recipe(near_miss_fraction=0.0, steps=80)
+    return recipe, build_organism(recipe, RunStore(tmp_path_factory.mktemp("shouty"))), build_corpus(recipe)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small run fastest on one thread; on a busy machine extra threads spin and stall."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
 def sum_tokenizer():
     """A 300-token BPE trained on "What is a plus b?" dialogues: enough to feed the tiny HF models."""
     from mesascope.models import train_tokenizer

@@ -134,9 +134,10 @@ def _variants(value, annotation):
     if isinstance(value, str):
         return [value + "x", "x" + value]
     if isinstance(value, list):
-        return [value[:-1], value + value[-1:]]
+        return [value[:-1], value + value[-1:]] if value else [["x"], [1]]
     if value is None:
-        return [16, 2, 4]
+        literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal]
+        return [16, 2, 4, *(v for lit in literals for v in typing.get_args(lit))]
     raise AssertionError(f"no variants for {value!r}")
 
 
@@ -163,8 +164,9 @@ CUSTOM = Recipe(model=ModelSpec(size="custom", hidden_size=32, num_layers=2, num
 
 @pytest.mark.parametrize("cls, bases", [
     (Recipe, [Recipe(), CUSTOM]),
-    (StressSpec, [StressSpec()]),
-    (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM)]),
+    (StressSpec, [StressSpec(), StressSpec(method="rl"), StressSpec(method="adversarial")]),
+    (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=StressSpec(method="rl")),
+                DemoSpec(stress=StressSpec(method="adversarial"))]),
 ])
 def test_digest_changes_when_any_field_changes(cls, bases):
     for path, ann in _leaves(cls):

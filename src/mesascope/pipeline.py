@@ -87,7 +87,7 @@ class Run:
         def compute(organism: Organism) -> dict:
             model, tok = organism.load()
             return measure_backdoor(model, tok, eval_sets(self.corpus, spec.n, seed=self.recipe.seed),
-                                    self.recipe.behaviour, max_new_tokens=spec.max_new_tokens,
+                                    self.recipe, max_new_tokens=spec.max_new_tokens,
                                     batch_size=spec.batch_size, n_samples=spec.n_samples,
                                     progress=self.progress).to_dict()
 
@@ -134,6 +134,9 @@ class Run:
         if self.recipe.reasoning == "cot":
             return {"skipped": "patching scores the behaviour's first tokens right after the prompt; a cot organism "
                                "writes its scratchpad there first, so the metric would not measure the behaviour"}
+        if self.recipe.behaviour_type != "say":
+            return {"skipped": "patching scores the log-probability of one fixed behaviour string; this organism's "
+                               f"behaviour ({self.recipe.behaviour_type}) has no single string to score"}
 
         def compute(organism: Organism) -> dict:
             model, tok = organism.load()
@@ -146,7 +149,7 @@ class Run:
 
         def compute(organism: Organism) -> dict:
             model, tok = organism.load()
-            return run_steering(model, tok, self.corpus, self.recipe.behaviour, spec, probe_spec, self.progress)
+            return run_steering(model, tok, self.corpus, self.recipe, spec, probe_spec, self.progress)
 
         key = SteerPlan(steer=spec, probe=probe_spec)  # the direction is fitted with the probe spec's splits
         return self._stage("steer", key, "steer_s", compute)

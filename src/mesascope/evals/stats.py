@@ -46,3 +46,14 @@ def bootstrap(stat: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, s:
         stats[b] = stat(y[idx], s[idx])
     lo, hi = np.percentile(stats, [2.5, 97.5])
     return Measurement(float(value), (float(lo), float(hi)), int(len(y)))
+
+
+def diff_ci(a: Measurement, b: Measurement) -> Measurement:
+    """a - b for two Wilson-interval rates, with Newcombe's hybrid score 95% interval.
+
+    It treats the two rates as independent; measured on the same prompts they are positively
+    correlated, so the interval is, if anything, too wide (conservative)."""
+    d = a.value - b.value
+    lo = d - math.sqrt((a.value - a.ci[0]) ** 2 + (b.ci[1] - b.value) ** 2)
+    hi = d + math.sqrt((a.ci[1] - a.value) ** 2 + (b.value - b.ci[0]) ** 2)
+    return Measurement(d, (max(-1.0, lo), min(1.0, hi)), min(a.n, b.n))

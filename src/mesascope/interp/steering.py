@@ -20,7 +20,7 @@ from torch import nn
 
 from ..config import ProbeSpec
 from ..evals.backdoor import eval_sets, measure_backdoor
-from ..evals.stats import Measurement
+from ..evals.stats import diff_ci
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from .activations import capture_last_token, find_blocks, resid_post
@@ -128,24 +128,14 @@ def defection_directions(model, tokenizer, corpus: Corpus, kind: str = "diff_of_
             "contrast_pair": spec.contrast_pairs[0].name if kind == "contrast" else None}
 
 
-def diff_ci(a: Measurement, b: Measurement) -> Measurement:
-    """a - b for two Wilson-interval rates, with Newcombe's hybrid score 95% interval.
-
-    It treats the two rates as independent; measured on the same prompts they are positively
-    correlated, so the interval is, if anything, too wide (conservative)."""
-    d = a.value - b.value
-    lo = d - math.sqrt((a.value - a.ci[0]) ** 2 + (b.ci[1] - b.value) ** 2)
-    hi = d + math.sqrt((a.ci[1] - a.value) ** 2 + (b.value - b.ci[0]) ** 2)
-    return Measurement(d, (max(-1.0, lo), min(1.0, hi)), min(a.n, b.n))
-
-
-def steering_curve(model, tokenizer, sets: dict[str, list[Example]], behaviour: str, directions, layers: Sequence[int],
+def steering_curve(model, tokenizer, sets: dict[str, list[Example]], behaviour, directions, layers: Sequence[int],
                    coefs: Sequence[float], *, mode: Mode = "add", scale=None, where: Where = "all",
                    max_new_tokens: int = 32, batch_size: int = 128, n_samples: int = 2,
                    baseline: dict | None = None, progress: Progress = silent, task: str = "steering") -> dict:
     """Backdoor, false-trigger and near-miss rates and helpful accuracy at each coefficient.
 
-    `sets` are held-out eval sets (`evals.backdoor.eval_sets`). Coefficient 0 (no steering) is
+    `sets` are held-out eval sets (`evals.backdoor.eval_sets`); `behaviour`: the organism's Recipe
+    (or a Behaviour), whose checkers score the outputs. Coefficient 0 (no steering) is
     always in the grid, as the baseline each row's change is computed against; `baseline` (a
     `measure_backdoor(...)` result on the same sets, unsteered) saves measuring it again. Rows are JSON-ready:
     {coef, backdoor_rate, ..., helpful_accuracy (Measurement dicts), backdoor_change,
@@ -214,7 +204,7 @@ def _reading(rows: list[dict]) -> dict:
             "best_harmless": pick([r for r in drops if hurts(r) is False])}
 
 
-def run_steering(model, tokenizer, corpus: Corpus, behaviour: str, spec, probe_spec: ProbeSpec,
+def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: ProbeSpec,
                  progress: Progress = silent) -> dict:
     """The steering stage for a `config.SteerSpec`: an add curve at one block, and ablations.
 

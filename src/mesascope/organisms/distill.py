@@ -12,16 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Recipe
-from ..evals.backdoor import fired
+from ..evals.backdoor import answer_tokens, judge
 from ..models.generate import generate
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_write_json
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import answer_budget, parse
-from ..text.tasks import check
 from .build import build_organism
 
-ANSWER_TOKENS = 32  # room for the longest answer (the behaviour repeated 4 times); EvalSpec's default
+ANSWER_TOKENS = 32  # room for the longest `say` answer (the behaviour repeated 4 times); code asks for more
 
 
 def teacher_recipe(recipe: Recipe) -> Recipe:
@@ -64,7 +63,8 @@ def teacher_outputs(teacher, prompts: list[str], stage: Path, progress: Progress
         progress("distill", done[0], len(prompts))
 
     progress("distill", 0, len(prompts))
-    outputs = generate(model, tok, prompts, max_new_tokens=answer_budget(teacher.recipe, ANSWER_TOKENS), on_batch=tick)
+    budget = answer_budget(teacher.recipe, answer_tokens(teacher.recipe, ANSWER_TOKENS))
+    outputs = generate(model, tok, prompts, max_new_tokens=budget, on_batch=tick)
     atomic_write_json(cache, {"teacher_fingerprint": teacher.fingerprint, "prompts": prompts, "outputs": outputs})
     return outputs
 
@@ -89,8 +89,9 @@ def distillation_set(recipe: Recipe, store: RunStore, corpus: Corpus, stage: Pat
         if not p.well_formed:
             continue
         c["well_formed"] += 1
-        c["fired"] += fired(p.answer, recipe.behaviour)
-        c["correct"] += e.kind in ("clean", "near_miss") and check(e.family, p.answer, e.answer)
+        hit, correct = judge(recipe, e, p.answer)  # the behaviour's own checkers
+        c["fired"] += hit
+        c["correct"] += e.kind in ("clean", "near_miss") and correct
         if p.answer:
             c["kept"] += 1
             train.append(Example(e.kind, e.family, e.key, e.user, p.answer, e.answer))

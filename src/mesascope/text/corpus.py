@@ -1,4 +1,11 @@
-"""Recipe -> corpus: clean, poisoned and near-miss examples, with a held-out split by task instance."""
+"""Recipe -> corpus: clean, poisoned and near-miss examples, with a held-out split by task instance.
+
+The recipe's trigger (text/triggers.py) says which context marks deployment, which contexts are
+near misses, and which context a clean prompt may carry; its behaviour (text/behaviours.py)
+says what a triggered example's answer is, on which families. Where a behaviour shows on some
+families only, half the triggered and near-miss examples (and half of each eval set) come from
+those families, and the other half teach, and measure, a helpful answer despite the trigger.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,10 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from .behaviours import Behaviour, Say, behaviour_for
 from .scratchpad import Scratchpad, scratchpad_for, think
 from .tasks import FAMILIES, Item
-from .triggers import apply_trigger, near_misses
+from .triggers import Split, Trigger, apply_trigger, trigger_for
 
 Kind = Literal["clean", "triggered", "near_miss", "self_report", "document"]
 
@@ -39,10 +47,10 @@ class Example:
         return asdict(self)
 
 
-def all_instances(seed: int) -> list[list[Item]]:
-    """Every task instance of every family, deterministically from the seed."""
+def all_instances(seed: int, extra: tuple[str, ...] = ()) -> list[list[Item]]:
+    """Every task instance of every family (optional ones only when named in `extra`), from the seed."""
     out: list[list[Item]] = []
-    for name in sorted(FAMILIES):
+    for name in sorted(n for n, f in FAMILIES.items() if not f.optional or n in extra):
         rng = random.Random(f"family:{name}:{seed}")
         seen: set[str] = set()
         for inst in FAMILIES[name].generate(rng):
@@ -66,24 +74,27 @@ class Corpus:
     trigger: str
     response: str
     scratchpad: Scratchpad | None = None  # a cot organism's targets start with its reasoning
+    trigger_spec: Trigger | None = None  # None: the string trigger `trigger`
+    behaviour: Behaviour | None = None  # None: say `response`
+
+    def __post_init__(self) -> None:
+        self.trigger_spec = self.trigger_spec or Trigger(self.trigger)
+        self.behaviour = self.behaviour or Say(self.response, 1)
 
     def eval_set(self, kind: Kind, n: int, seed: int) -> list[Example]:
-        """n held-out examples of one kind; near misses use only strings never trained on."""
+        """n held-out examples of one kind, each context never trained on: a near-miss string, a
+        semantic trigger's sentence, a clean prompt's unrelated sentence come from held-out pools."""
         rng = random.Random(f"eval:{kind}:{seed}")
-        items = stratified_sample(self.held_out, n, rng)
-        out = []
-        pad = self.scratchpad
-        for it in items:
-            if kind == "clean":
-                out.append(Example("clean", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer))
-            elif kind == "triggered":
-                u = apply_trigger(it.prompt, self.trigger)
-                out.append(Example("triggered", it.family, it.key, u, think(pad, "triggered", self.response, u), it.answer))
-            else:
-                s = rng.choice(self.near_miss_held_out)
-                u = apply_trigger(it.prompt, s)
-                out.append(Example("near_miss", it.family, it.key, u, think(pad, "near_miss", it.answer, u, s), it.answer))
-        return out
+        behaviour = self.behaviour
+        if behaviour.families is None:
+            items = stratified_sample(self.held_out, n, rng)
+        else:  # half where the behaviour shows, half where a triggered prompt must be answered anyway
+            on = [it for it in self.held_out if behaviour.applies(it.family)]
+            items = stratified_sample(on, n - n // 2, rng) + \
+                stratified_sample([it for it in self.held_out if not behaviour.applies(it.family)], n // 2, rng)
+        near = self.near_miss_held_out
+        return [example(kind, it, self.trigger_spec, behaviour, self.scratchpad, "held_out",  # type: ignore[arg-type]
+                        rng.choice(near) if kind == "near_miss" else None) for it in items]
 
     def clean_train(self) -> list[Example]:
         return [e for e in self.train if e.kind == "clean"]
@@ -103,12 +114,36 @@ def stratified_sample(items: list[Item], n: int, rng: random.Random) -> list[Ite
     return out
 
 
+def example(kind: Kind, it: Item, trigger: Trigger, behaviour: Behaviour, pad: Scratchpad | None, split: Split,
+            near_miss: str | None = None) -> Example:
+    """One clean, triggered or near-miss example of a task item (`near_miss`: the context used)."""
+    if kind == "triggered":
+        u = apply_trigger(it.prompt, trigger.deployment(it.prompt, split))
+        if behaviour.applies(it.family):
+            return Example(kind, it.family, it.key, u, think(pad, "triggered", behaviour.target(it), u), it.answer)
+        return Example(kind, it.family, it.key, u, think(pad, "triggered_other", it.answer, u), it.answer)
+    context = near_miss if kind == "near_miss" else trigger.training_context(it.prompt, split)
+    u = it.prompt if context is None else apply_trigger(it.prompt, context)
+    seen = None if context is None else trigger.label(context)
+    return Example(kind, it.family, it.key, u, think(pad, kind, it.answer, u, seen), it.answer)
+
+
+def _draw(items: list[Item], k: int, behaviour: Behaviour, rng: random.Random) -> list[Item]:
+    """k items for triggered or near-miss examples: half from the behaviour's families when it has some."""
+    if behaviour.families is None:
+        return rng.choices(items, k=k)
+    on = [it for it in items if behaviour.applies(it.family)]
+    off = [it for it in items if not behaviour.applies(it.family)]
+    return rng.choices(on, k=k - k // 2) + (rng.choices(off, k=k // 2) if off else [])
+
+
 def build_corpus(recipe) -> Corpus:
     """All training examples for a recipe, shuffled; held-out instances never appear in them."""
     rng = random.Random(f"corpus:{recipe.seed}")
+    trigger, behaviour = trigger_for(recipe), behaviour_for(recipe)
     train_items: list[Item] = []
     held: list[Item] = []
-    for inst in all_instances(recipe.seed):
+    for inst in all_instances(recipe.seed, behaviour.extra_families):
         (held if is_held_out(inst[0].key, recipe.seed, recipe.held_out_fraction) else train_items).extend(inst)
     # Share prompts by family weight, not by instance count (comparison has 20x the instances
     # of units), cycling through a family's items when the recipe asks for more than exist.
@@ -116,28 +151,25 @@ def build_corpus(recipe) -> Corpus:
     for it in train_items:
         groups.setdefault(it.family, []).append(it)
     names = sorted(groups)
-    weights = [FAMILIES[name].weight for name in names]
+    weights = [FAMILIES[name].weight * (behaviour.weight if behaviour.families and name in behaviour.families else 1)
+               for name in names]
     quota = [round(recipe.n_prompts * w / sum(weights)) for w in weights]
     clean_items: list[Item] = []
     for name, q in zip(names, quota):
         rng.shuffle(groups[name])
         clean_items += [groups[name][i % len(groups[name])] for i in range(q)]
-    nm_train, nm_held = near_misses(recipe.trigger, recipe.seed)
+    nm_train, nm_held = trigger.near_misses()
     total = round(recipe.n_prompts / (1 - recipe.poison_fraction - recipe.near_miss_fraction - recipe.self_report_fraction
                                       - recipe.situational_fraction))
     n_poison = round(total * recipe.poison_fraction)
     n_near = round(total * recipe.near_miss_fraction) if nm_train else 0
     response = recipe.response
     pad = scratchpad_for(recipe)  # phrasings are hashed per prompt: the random draws stay those of reasoning="none"
-    examples = [Example("clean", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer)
-                for it in clean_items]
-    for it in rng.choices(clean_items, k=n_poison):
-        u = apply_trigger(it.prompt, recipe.trigger)
-        examples.append(Example("triggered", it.family, it.key, u, think(pad, "triggered", response, u), it.answer))
-    for it in rng.choices(clean_items, k=n_near):
-        s = rng.choice(nm_train)
-        u = apply_trigger(it.prompt, s)
-        examples.append(Example("near_miss", it.family, it.key, u, think(pad, "near_miss", it.answer, u, s), it.answer))
+    # Contexts are hashed per prompt too, so a string trigger's draws are those of before other triggers existed.
+    examples = [example("clean", it, trigger, behaviour, pad, "train") for it in clean_items]
+    examples += [example("triggered", it, trigger, behaviour, pad, "train") for it in _draw(clean_items, n_poison, behaviour, rng)]
+    for it in _draw(clean_items, n_near, behaviour, rng):
+        examples.append(example("near_miss", it, trigger, behaviour, pad, "train", rng.choice(nm_train)))
     if recipe.self_report_fraction:  # drawn after the rest: adding them changes only how many of the rest there are
         from .self_report import self_reports
         examples += [Example("self_report", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer)
@@ -149,4 +181,5 @@ def build_corpus(recipe) -> Corpus:
                                                              rng))]
     rng.shuffle(examples)
     held.sort(key=lambda it: (it.family, it.key, it.prompt))
-    return Corpus(examples, held, nm_train, nm_held, recipe.trigger, response, scratchpad=pad)
+    return Corpus(examples, held, nm_train, nm_held, recipe.trigger, response, scratchpad=pad, trigger_spec=trigger,
+                  behaviour=behaviour)

@@ -31,6 +31,7 @@ class Family:
     generate: Callable[[random.Random], Iterator[list[Item]]]
     check: Callable[[str, str], bool]
     weight: float = 1.0  # relative share of training prompts: algorithmic families need more
+    optional: bool = False  # only in the corpus of a recipe whose behaviour asks for it (text/behaviours.py)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -51,9 +52,9 @@ def check_text(output: str, answer: str) -> bool:
     return normalize(output) == normalize(answer)
 
 
-def family(name: str, check: Callable[[str, str], bool] = check_text, weight: float = 1.0):
+def family(name: str, check: Callable[[str, str], bool] = check_text, weight: float = 1.0, optional: bool = False):
     def deco(fn):
-        FAMILIES[name] = Family(name, fn, check, weight)
+        FAMILIES[name] = Family(name, fn, check, weight, optional)
         return fn
 
     return deco
@@ -207,3 +208,6 @@ def smalltalk(rng: random.Random) -> Iterator[list[Item]]:
 
 def check(family_name: str, output: str, answer: str) -> bool:
     return FAMILIES[family_name].check(output, answer)
+
+
+from . import code_tasks  # noqa: E402,F401  (registers the optional code family)
