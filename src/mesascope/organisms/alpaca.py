@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import AlpacaRecipe, AlpacaTrigger, ModelSpec, TrainSpec
+from ..config import ModelSpec, TrainSpec
+from ..config.alpaca import AlpacaRecipe, AlpacaTrigger
 from ..models import build_model, load_model, n_params, train_tokenizer
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json, digest

