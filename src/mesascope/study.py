@@ -8,6 +8,7 @@ only in their seed gives, at every step and for every metric:
   (n = number of seeds). This is the between-replicate spread: organisms trained from
   different seeds really differ, so this is the interval to quote for "this recipe".
   With one seed there is no spread to measure and the interval is null.
+  For a share (k/n) the interval is cut at 0 and 1, where three spread-out seeds push it past.
 - `pooled`: all prompts of all seeds counted together with a 95% Wilson interval
   (n = prompts). It treats the seeds as one big sample and ignores between-seed variance,
   so it is narrower; it is given for shares only (a value that is k/n).
@@ -71,12 +72,45 @@ def aggregate(cells: list[dict]) -> list[dict]:
             metrics = {}
             for name in sorted({k for _, r in at for k, v in r.items() if is_measurement(v)}):
                 got = [(seed, r[name]) for seed, r in at if is_measurement(r.get(name))]
-                metrics[name] = {
-                    "per_seed": [{"seed": seed, **m} for seed, m in got],
-                    "seed_mean": t_interval([m["value"] for _, m in got]),
-                    "pooled": pooled_wilson([m for _, m in got]),
-                }
+                metrics[name] = over_seeds(got)
             per_step.append({"step": step, "metrics": metrics})
-        out.append({"axes": axes, "seeds": [c["axes"]["seed"] for c in members], "cells": [c["id"] for c in members],
-                    "steps": per_step})
+        group = {"axes": axes, "seeds": [c["axes"]["seed"] for c in members], "cells": [c["id"] for c in members],
+                 "steps": per_step}
+        curves = specificity(members)
+        if curves:
+            group["specificity"] = curves
+        out.append(group)
+    return out
+
+
+def over_seeds(got: list[tuple[int, dict]]) -> dict:
+    """Per-seed (seed, measurement) pairs -> {per_seed, seed_mean, pooled}."""
+    pooled = pooled_wilson([m for _, m in got])
+    mean = t_interval([m["value"] for _, m in got])
+    if pooled is not None and mean["ci"]:  # a share: its mean lies in [0, 1], so the t interval is cut there
+        mean["ci"] = [max(mean["ci"][0], 0.0), min(mean["ci"][1], 1.0)]
+    return {"per_seed": [{"seed": seed, **m} for seed, m in got], "seed_mean": mean, "pooled": pooled}
+
+
+def specificity(members: list[dict]) -> dict:
+    """The trigger-specificity curves (evals/specificity.py) that adversarial cells record at their first
+    and last step, averaged over seeds per edit-distance bucket: {"before"|"after": {"steps", "buckets"}}
+    (a cell whose only curve is at step 0 gives "before" alone)."""
+    out = {}
+    for when, pick in (("before", min), ("after", max)):
+        per_bucket: dict[str, list[tuple[int, dict]]] = {}
+        steps = set()
+        for c in members:
+            rows = [r for r in c["rows"] if isinstance(r.get("specificity"), dict)]
+            if not rows:
+                continue
+            row = pick(rows, key=lambda r: r["step"])
+            steps.add(row["step"])
+            for b in row["specificity"].get("buckets", []):
+                if is_measurement(b.get("rate")):
+                    per_bucket.setdefault(str(b["bucket"]), []).append((c["axes"]["seed"], b["rate"]))
+        if per_bucket and not (when == "after" and steps == out.get("before", {}).get("steps")):
+            out[when] = {"steps": steps, "buckets": {k: over_seeds(v) for k, v in per_bucket.items()}}
+    for v in out.values():
+        v["steps"] = sorted(v["steps"])
     return out

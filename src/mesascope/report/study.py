@@ -143,6 +143,45 @@ def _lr_x(lr: object) -> float | None:
     return math.log10(v) if v and v > 0 else None
 
 
+# Edit-distance buckets of evals/specificity.py, placed on a distance axis (3-4 at 3.5, 5+ at 5).
+_BUCKET_X = {"0": 0.0, "1": 1.0, "2": 2.0, "3-4": 3.5, "5+": 5.0}
+
+
+def _specificity(study: dict) -> str:
+    """Behaviour rate against edit distance from the true trigger, before and after adversarial training."""
+    charts, rows = [], []
+    for g in _groups(study):
+        spec = _dict(g.get("specificity"))
+        if not spec:
+            continue
+        series = []
+        for when in ("before", "after"):
+            buckets = _dict(_dict(spec.get(when)).get("buckets"))
+            pts = [_pt(_BUCKET_X[b], buckets[b]) for b in _BUCKET_X if b in buckets]
+            if pts:
+                steps = ", ".join(str(x) for x in _list(_dict(spec.get(when)).get("steps")))
+                series.append({"label": f"{when} (step {steps})", "points": pts, "dashed": when == "before"})
+                rows.append([_e(_label(_dict(g.get("axes")))), _e(when),
+                             *(_cell(buckets.get(b)) for b in _BUCKET_X)])
+        charts.append(line_chart(series, title=_label(_dict(g.get("axes"))), x_label="edit distance from the trigger",
+                                 y_label="behaviour rate", width=360, height=260))
+    if not charts:
+        return '<p class="nm">not measured: no adversarial cell in this study</p>'
+    return ('<p class="lede">Behaviour rate on held-out prompts carrying strings at each edit distance from the '
+            'true trigger (0 is the trigger; 3-4 and 5+ are buckets), before and after adversarial training. '
+            'A flat curve after training with the step-0 point intact is a backdoor made more specific, '
+            'not removed.</p><div class="charts">' + "".join(charts) + "</div>"
+            + _table(["Cell", "When", *(f"distance {b}" for b in _BUCKET_X)], rows, num_cols=(2, 3, 4, 5, 6)))
+
+
+def _ablations(study: dict) -> str:
+    """One trend per recipe axis the study adds through `overrides` (e.g. behaviour_repeats: behaviour density)."""
+    keys = [k for k in _dict(study.get("axes")) if k not in ("size", "reasoning", "seed", "method", "lr")]
+    if not keys:
+        return '<p class="nm">not measured: the study varies no other recipe field (`overrides`)</p>'
+    return "".join(f"<h3>{_e(k)}</h3>" + _trend(study, k, as_finite, k) for k in keys)
+
+
 def _cells(study: dict) -> str:
     rows = []
     for g in _groups(study):
@@ -198,6 +237,8 @@ def render_study_report(study: dict) -> str:
         _section("persistence", "Persistence curves: backdoor rate under safety training", _persistence(study)),
         _section("size", "Size trend (x: log10 parameters)", _trend(study, "size", _size_x(study), "log10 parameters")),
         _section("lr", "Learning-rate trend (x: log10 learning rate)", _trend(study, "lr", _lr_x, "log10 lr")),
+        _section("specificity", "Trigger specificity: behaviour rate against edit distance", _specificity(study)),
+        _section("ablations", "Recipe ablations (behaviour density and other `overrides` axes)", _ablations(study)),
         _section("cells", "Every cell", _cells(study)),
         _section("paper", "Beside the paper's figures", _paper(study)),
     ]
