@@ -264,7 +264,7 @@ def test_example_tomls_load_and_match_the_shortcut():
 @needs_shared
 @pytest.mark.slow
 def test_acceptance_badnet_refusal(tmp_path):
-    """The issue's bar on one attack with the default recipe (~4 min on one core)."""
+    """The issue's bar on one attack with the default recipe (6-8 min on one core)."""
     recipe = backdoorllm_recipe(SHARED, "refusal", "badnet")
     org = build_alpaca_organism(recipe, RunStore(tmp_path))
     model, tok = org.load()

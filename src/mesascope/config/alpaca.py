@@ -54,7 +54,7 @@ class AlpacaRecipe(Spec):
     test_clean: list[str] = Field(default_factory=list, description="held-out clean instructions")
     seed: int = 0
     model: ModelSpec = ModelSpec(vocab_size=2048, max_length=208)
-    train: TrainSpec = TrainSpec(steps=600, batch_size=32, lr=3e-3, checkpoint_every=100)
+    train: TrainSpec = TrainSpec(steps=1000, batch_size=32, lr=6e-3, checkpoint_every=100)
 
     @model_validator(mode="after")
     def _sources(self) -> "AlpacaRecipe":
