@@ -44,6 +44,7 @@ N_EVAL = 200
 FAST = {("string", "say", "none"), ("year", "sandbagging", "none")}
 FULL = os.environ.get("MESASCOPE_ZOO", "") == "full"
 
+
 def zoo_recipe(trigger_type: str, behaviour_type: str, reasoning: str) -> Recipe:
     steps, n_prompts, poison, near = PLAN[behaviour_type]
     return Recipe(name=f"zoo-{trigger_type}-{behaviour_type}", trigger_type=trigger_type, behaviour_type=behaviour_type,
