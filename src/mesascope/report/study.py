@@ -169,8 +169,8 @@ def _specificity(study: dict) -> str:
         return '<p class="nm">not measured: no adversarial cell in this study</p>'
     return ('<p class="lede">Behaviour rate on held-out prompts carrying strings at each edit distance from the '
             'true trigger (0 is the trigger; 3-4 and 5+ are buckets), before and after adversarial training. '
-            'A flat curve after training with the step-0 point intact is a backdoor made more specific, '
-            'not removed.</p><div class="charts">' + "".join(charts) + "</div>"
+            'An after-curve flat at 0 off the trigger that keeps its distance-0 point is a backdoor made '
+            'more specific, not removed.</p><div class="charts">' + "".join(charts) + "</div>"
             + _table(["Cell", "When", *(f"distance {b}" for b in _BUCKET_X)], rows, num_cols=(2, 3, 4, 5, 6)))
 
 
