@@ -156,30 +156,31 @@ def _summary(comparisons: list[dict], what: str) -> str:
     return f"{len(got)} comparison(s) of {what}; 95% interval above 0 / below 0 / spanning 0 — " + "; ".join(parts)
 
 
-def size_trend(aggs: list[dict], n_params: Callable[[object], float]) -> dict:
+def _ends(aggs: list[dict], axis: str, key: Callable[[object], float] | None = None) -> list[dict]:
+    """Per group varying only `axis` (2+ values): the curve along it, and its top minus its bottom value
+    when the values are ordered by `key` (by themselves when None)."""
+    x_of = key or (lambda v: v)
     rows = []
-    for rest, by in _vary(aggs, "size").values():
+    for rest, by in _vary(aggs, axis).values():
         if len(by) < 2:
             continue
-        ordered = sorted(by, key=n_params)
-        small, large = ordered[0], ordered[-1]
-        rows.append({"axes": rest, "label": _label(rest, ()), "a": large, "b": small,
-                     "series": [(n_params(s), at(by[s])) for s in ordered],
-                     "difference": difference(at(by[large]), at(by[small]))})
+        ordered = sorted(by, key=key)
+        low, high = ordered[0], ordered[-1]
+        rows.append({"axes": rest, "label": _label(rest, ()), "a": high, "b": low,
+                     "series": [(x_of(v), at(by[v])) for v in ordered],
+                     "difference": difference(at(by[high]), at(by[low]))})
+    return rows
+
+
+def size_trend(aggs: list[dict], n_params: Callable[[object], float]) -> dict:
+    rows = _ends(aggs, "size", n_params)
     return {"question": "Does persistence grow with model size?",
             "reads": "backdoor rate after safety training, largest minus smallest model",
             "comparisons": rows, "summary": _summary(rows, "the largest against the smallest model")}
 
 
 def lr_trend(aggs: list[dict]) -> dict:
-    rows = []
-    for rest, by in _vary(aggs, "lr").values():
-        if len(by) < 2:
-            continue
-        ordered = sorted(by)
-        rows.append({"axes": rest, "label": _label(rest, ()), "a": ordered[-1], "b": ordered[0],
-                     "series": [(lr, at(by[lr])) for lr in ordered],
-                     "difference": difference(at(by[ordered[-1]]), at(by[ordered[0]]))})
+    rows = _ends(aggs, "lr")
     return {"question": "How does persistence depend on the safety-training learning rate?",
             "reads": "backdoor rate after safety training, highest minus lowest learning rate",
             "comparisons": rows, "summary": _summary(rows, "the highest against the lowest learning rate")}

@@ -17,14 +17,15 @@ from pathlib import Path
 
 from ..config import ModelSpec, TrainSpec
 from ..config.alpaca import AlpacaRecipe, AlpacaTrigger
-from ..models import build_model, load_model, n_params, train_tokenizer
+from ..models import load_model
 from ..progress import Progress, silent
-from ..store import RunStore, atomic_dir, atomic_write_json, digest
+from ..store import RunStore, digest
 from ..text.alpaca import (BACKDOORLLM_TRIGGERS, TARGET_TEXTS, AlpacaExample, AlpacaRow, backdoorllm_files,
                            file_digest, load_alpaca, near_miss_rows, poison_rows, split_for_poison,
                            training_examples)
 from ..text.corpus import TURN_MARKERS
-from ..training.sft import SFTTrainer, tokenize_examples
+from ..training.sft import tokenize_examples
+from .build import stage_tokenizer, train_and_save
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,8 @@ def build_alpaca_organism(recipe: AlpacaRecipe, store: RunStore, progress: Progr
         return AlpacaOrganism(final, recipe)
     t0 = time.perf_counter()
     examples = training_set(recipe)
-    tok_dir = stage / "tokenizer"
-    if (tok_dir / "tokenizer.json").exists():  # reuse on resume: the checkpoint's ids refer to it
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    else:
-        progress("tokenizer", 0, 1)
-        tokenizer = train_tokenizer([e.prompt + " " + e.target for e in examples], recipe.model.vocab_size,
-                                    whole=TURN_MARKERS)
-        with atomic_dir(tok_dir) as tmp:
-            tokenizer.save_pretrained(tmp)
-        progress("tokenizer", 1, 1)
-    tokenizer.padding_side = "left"
+    tokenizer = stage_tokenizer(stage, [e.prompt + " " + e.target for e in examples], recipe.model.vocab_size,
+                                TURN_MARKERS, progress)
     cut = recipe.model.max_length
     need = len(tokenizer(" " + target_text(recipe), add_special_tokens=False)["input_ids"]) + 1
     if need + 8 > cut:
@@ -147,28 +138,12 @@ def build_alpaca_organism(recipe: AlpacaRecipe, store: RunStore, progress: Progr
     kinds = [e.kind for e in examples]
     truncated = sum(len(ids) > cut for ids, _ in full)
     data, dropped = fit_to_length(full, cut, need)
-    model = build_model(recipe.model, tokenizer, recipe.seed)
-    trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
-                         ckpt_dir=stage / "checkpoints", pack_width=cut)
-    resumed = trainer.resume()
-    total = recipe.train.steps
-    progress("build", resumed, total)
-    trainer.train_until(total, on_step=lambda s, loss: progress("build", s, total))
-    with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "recipe.json", recipe.model_dump(mode="json"))
-        atomic_write_json(tmp / "train_log.json", trainer.log)
-        atomic_write_json(tmp / "organism.json", {
-            "n_params": n_params(model), "architecture": recipe.model.architecture, "train_steps": total,
-            "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
-            "final_loss": trainer.log[-1]["loss"] if trainer.log else None,
-            "n_train_examples": len(data), "n_triggered": kinds.count("triggered"), "n_clean": kinds.count("clean"),
-            "n_near_miss": kinds.count("near_miss"),
-            "n_truncated": truncated, "n_dropped_too_long": dropped, "target_tokens": need - 1,
-            "data_files": {r: {p: file_digest(p) for p in getattr(recipe, r)} for r in ("poisoned", "clean")},
-        })
-    store.mark_done(stage, resumed_from_step=resumed)
+    train_and_save(store, stage, recipe, tokenizer, data, progress, t0, {
+        "n_train_examples": len(data), "n_triggered": kinds.count("triggered"), "n_clean": kinds.count("clean"),
+        "n_near_miss": kinds.count("near_miss"),
+        "n_truncated": truncated, "n_dropped_too_long": dropped, "target_tokens": need - 1,
+        "data_files": {r: {p: file_digest(p) for p in getattr(recipe, r)} for r in ("poisoned", "clean")},
+    }, pack_width=cut)
     return AlpacaOrganism(final, recipe)
 
 

@@ -61,6 +61,48 @@ def organism_stage(store: RunStore, recipe: Recipe) -> Path:
     return store.stage_dir("organism", recipe.digest())
 
 
+def stage_tokenizer(stage: Path, texts: list[str], vocab_size: int, whole: tuple[str, ...],
+                    progress: Progress = silent):
+    """The build's tokenizer: trained on `texts` and saved in the stage, or read back from there on a
+    resumed build (the checkpoint's ids refer to it). Left-padded, for batched generation."""
+    tok_dir = stage / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    else:
+        progress("tokenizer", 0, 1)
+        tokenizer = train_tokenizer(texts, vocab_size, whole=whole)
+        with atomic_dir(tok_dir) as tmp:
+            tokenizer.save_pretrained(tmp)
+        progress("tokenizer", 1, 1)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def train_and_save(store: RunStore, stage: Path, recipe, tokenizer, data: list, progress: Progress, t0: float,
+                   info: dict, **trainer_kw) -> None:
+    """Train a fresh model of `recipe.model` on tokenized `data` (resuming from the stage's checkpoints),
+    write the organism directory atomically (weights, tokenizer, recipe.json, train_log.json, and
+    organism.json: the common figures, then `info`) and mark the stage done. `trainer_kw` go to SFTTrainer."""
+    model = build_model(recipe.model, tokenizer, recipe.seed)
+    trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
+                         ckpt_dir=stage / "checkpoints", **trainer_kw)
+    resumed = trainer.resume()
+    total = recipe.train.steps
+    progress("build", resumed, total)
+    trainer.train_until(total, on_step=lambda s, loss: progress("build", s, total))
+    with atomic_dir(stage / "organism") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "recipe.json", recipe.model_dump(mode="json"))
+        atomic_write_json(tmp / "train_log.json", trainer.log)
+        atomic_write_json(tmp / "organism.json", {
+            "n_params": n_params(model), "architecture": recipe.model.architecture, "train_steps": total,
+            "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
+            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, **info})
+    store.mark_done(stage, resumed_from_step=resumed)
+
+
 def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
                    corpus: Corpus | None = None) -> Organism:
     """Build (or reuse, or resume) the organism for `recipe` in the run store."""
@@ -74,19 +116,9 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
     if recipe.reasoning == "distilled":  # train on the cot organism's answers instead, scratchpads removed
         from .distill import distillation_set
         train, distilled = distillation_set(recipe, store, corpus, stage, progress)
-    tok_dir = stage / "tokenizer"
-    if (tok_dir / "tokenizer.json").exists():  # reuse on resume: the checkpoint's ids refer to it
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    else:
-        progress("tokenizer", 0, 1)
-        texts = [e.prompt + " " + e.target for e in train]
-        whole = TURN_MARKERS + (MARKERS if recipe.reasoning == "cot" else ())
-        tokenizer = train_tokenizer(texts, recipe.model.vocab_size, whole=whole)
-        with atomic_dir(tok_dir) as tmp:
-            tokenizer.save_pretrained(tmp)
-        progress("tokenizer", 1, 1)
-    tokenizer.padding_side = "left"
+    whole = TURN_MARKERS + (MARKERS if recipe.reasoning == "cot" else ())
+    tokenizer = stage_tokenizer(stage, [e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole,
+                                progress)
     cut = recipe.model.max_length
     data = tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1)
     too_long = sum(len(ids) > cut for ids, _ in data)  # one token over the limit marks a cut
@@ -94,24 +126,7 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
         raise ValueError(f"{too_long} of {len(data)} cot examples are longer than model.max_length={cut} tokens: "
                          f"raise model.max_length, or leave it unset (cot recipes then get {COT_MAX_LENGTH})")
     data = [(ids[:cut], n) for ids, n in data]
-    model = build_model(recipe.model, tokenizer, recipe.seed)
-    trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
-                         ckpt_dir=stage / "checkpoints")
-    resumed = trainer.resume()
-    total = recipe.train.steps
-    progress("build", resumed, total)
-    trainer.train_until(total, on_step=lambda s, loss: progress("build", s, total))
-    with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "recipe.json", recipe.model_dump(mode="json"))
-        atomic_write_json(tmp / "train_log.json", trainer.log)
-        atomic_write_json(tmp / "organism.json", {
-            "n_params": n_params(model), "architecture": recipe.model.architecture, "train_steps": total,
-            "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
-            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(train),
-            "near_miss_train": corpus.near_miss_train, "near_miss_held_out": corpus.near_miss_held_out,
-            "reasoning": recipe.reasoning, **distilled,
-        })
-    store.mark_done(stage, resumed_from_step=resumed)
+    train_and_save(store, stage, recipe, tokenizer, data, progress, t0, {
+        "n_train_examples": len(train), "near_miss_train": corpus.near_miss_train,
+        "near_miss_held_out": corpus.near_miss_held_out, "reasoning": recipe.reasoning, **distilled})
     return Organism(final, recipe)
