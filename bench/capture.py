@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mesascope.config import Recipe
-from mesascope.interp.activations import capture, n_blocks
+from mesascope.models.activations import capture, n_blocks
 from mesascope.models import build_model, load_model, n_params, train_tokenizer
 from mesascope.organisms import Organism
 from mesascope.text.corpus import TURN_MARKERS, build_corpus

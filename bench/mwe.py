@@ -1,7 +1,7 @@
 """Model-written evals throughput: mesascope's batched likelihood scorer against the alternatives.
 
 Scores the same items three ways and prints items/s and ratios:
-(a) `mesascope.evals.mwe.score_likelihood` (length-sorted batches, LM head only at answer tokens);
+(a) `mesascope.detectors.mwe.score_likelihood` (length-sorted batches, LM head only at answer tokens);
 (b) lm-evaluation-harness's `HFLM.loglikelihood` on the same (prompt, answer) requests, when
     `lm_eval` is installed (`pip install lm_eval accelerate`; it runs offline on a model object);
 (c) a naive loop: one forward pass per (item, answer), full logits, explicit sum.
@@ -23,7 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from mesascope.config import Recipe
-from mesascope.evals.mwe import _encode, context_length, load_evals, score_likelihood
+from mesascope.detectors.mwe import _encode, context_length, load_evals, score_likelihood
 from mesascope.models import build_model, load_model, train_tokenizer
 from mesascope.text.corpus import TURN_MARKERS
 

@@ -23,8 +23,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mesascope.config.study import StudySpec
-from mesascope.sweep import run_study
+from mesascope.study.spec import StudySpec
+from mesascope.study.sweep import run_study
 
 
 def small_study(seeds: int, steps: int, lrs: int) -> StudySpec:

@@ -10,8 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from mesascope.interp.activations import (ActivationStore, Activations, capture, capture_last_token, find_blocks,
-                                          hook_points, resolve_hooks)
+from mesascope.models.activations import (
+    ActivationStore,
+    Activations,
+    capture,
+    capture_last_token,
+    find_blocks,
+    hook_points,
+    resolve_hooks,
+)
 from mesascope.models import load_model
 from mesascope.text.corpus import format_prompt
 from conftest import tiny_hf_model

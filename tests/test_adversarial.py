@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mesascope.config import EvalSpec, StressSpec
-from mesascope.evals.backdoor import fired
-from mesascope.evals.specificity import with_strings
+from mesascope.detectors.backdoor import fired
+from mesascope.detectors.specificity import with_strings
 from mesascope.models.generate import generate
 from mesascope.store import RunStore
 from mesascope.training.adversarial import (adversarial_curve, allowed, default_candidates, red_team_examples,

@@ -11,8 +11,8 @@ import pytest
 
 from mesascope.config import ModelSpec, SpecError, TrainSpec
 from mesascope.config.alpaca import AlpacaRecipe, AlpacaTrigger, load_alpaca_recipe
-from mesascope.evals.asr import KEYWORDS, asr_of, attack_success, measure_asr
-from mesascope.evals.stats import wilson
+from mesascope.detectors.asr import KEYWORDS, asr_of, attack_success, measure_asr
+from mesascope.stats import wilson
 from mesascope.organisms.alpaca import (AlpacaOrganism, backdoorllm_recipe, build_alpaca_organism, data_key,
                                         fit_to_length, held_out_sets, training_set)
 from mesascope.store import RunStore

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from mesascope.config import Recipe
-from mesascope.evals.faithfulness import (FRACTIONS, add_hint, add_mistake, area_over_curve, filler,
-                                          measure_faithfulness, paraphrase, truncate)
+from mesascope.detectors.faithfulness import (
+    FRACTIONS,
+    add_hint,
+    add_mistake,
+    area_over_curve,
+    filler,
+    measure_faithfulness,
+    paraphrase,
+    truncate,
+)
 from mesascope.text.corpus import build_corpus
 from mesascope.text.scratchpad import DECORATIVE, TEMPLATES, Scratchpad, scratchpad_for
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mesascope.evals.stats import wilson
-from mesascope.findings import change, difference, findings
+from mesascope.stats import wilson
+from mesascope.study.findings import change, difference, findings
 from mesascope.report.study import render_study_report
-from mesascope.study import aggregate
+from mesascope.study.aggregate import aggregate
 
 N = 100
 

@@ -21,12 +21,12 @@ from inspect_ai.log import read_eval_log  # noqa: E402
 from inspect_ai.model import (ChatMessageAssistant, ChatMessageSystem, ChatMessageUser, ModelOutput,  # noqa: E402
                               ModelUsage, get_model)
 
-from mesascope.evals.backdoor import fired  # noqa: E402
-from mesascope.evals.inspect_bridge import backdoor, measurements, mwe  # noqa: E402
-from mesascope.evals.inspect_bridge.provider import format_chat  # noqa: E402
-from mesascope.evals.mwe import parse_choice  # noqa: E402
-from mesascope.interp.activations import capture_last_token  # noqa: E402
-from mesascope.interp.probe_io import direction_probe, save_probe  # noqa: E402
+from mesascope.detectors.backdoor import fired  # noqa: E402
+from mesascope.detectors.inspect_bridge import backdoor, measurements, mwe  # noqa: E402
+from mesascope.detectors.inspect_bridge.provider import format_chat  # noqa: E402
+from mesascope.detectors.mwe import parse_choice  # noqa: E402
+from mesascope.models.activations import capture_last_token  # noqa: E402
+from mesascope.detectors.linear import direction_probe, save_probe  # noqa: E402
 from mesascope.models import build_model, generate  # noqa: E402
 from mesascope.text.corpus import build_corpus, format_prompt  # noqa: E402
 from mesascope.text.tasks import check  # noqa: E402

@@ -16,14 +16,20 @@ from torch import nn
 from pydantic import ValidationError
 
 from mesascope.config import CONTRAST_PAIRS, ContrastPair, ProbeSpec, Recipe
-from mesascope.evals.stats import bootstrap
-from mesascope.interp import (auroc_with_ci, build_probe_splits, capture_last_token, contrast_direction, find_blocks,
-                              run_probes)
-from mesascope.interp.contrast import pair_direction, pairs_seen_in_training
-from mesascope.interp.controls import (batch_auroc, calibration, random_direction_control, random_unit_directions,
-                                       top_principal_component, variance_ratio)
-from mesascope.interp.probe_io import load_probe, save_probe, transfer_auroc
-from mesascope.interp.probes import diff_of_means, fit_linear_probes, fit_probe
+from mesascope.stats import bootstrap
+from mesascope.detectors.probes import auroc_with_ci, build_probe_splits, contrast_direction, run_probes
+from mesascope.models.activations import capture_last_token, find_blocks
+from mesascope.detectors.contrast import pair_direction, pairs_seen_in_training
+from mesascope.detectors.controls import (
+    batch_auroc,
+    calibration,
+    random_direction_control,
+    random_unit_directions,
+    top_principal_component,
+    variance_ratio,
+)
+from mesascope.detectors.linear import load_probe, save_probe, transfer_auroc
+from mesascope.detectors.probes import diff_of_means, fit_linear_probes, fit_probe
 from mesascope.text.corpus import Corpus, build_corpus, format_prompt
 from mesascope.text.self_report import BANNED_STEMS, QUESTIONS
 from mesascope.text.tasks import Item

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from mesascope.evals.backdoor import eval_sets
-from mesascope.evals.monitor import (Transcript, evaluate, fit_classifier, regex_monitor, score, training_examples,
-                                     transcripts)
+from mesascope.detectors.backdoor import eval_sets
+from mesascope.detectors.monitor import (
+    Transcript,
+    evaluate,
+    fit_classifier,
+    regex_monitor,
+    score,
+    training_examples,
+    transcripts,
+)
 from mesascope.text.corpus import build_corpus
 
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
-from mesascope.evals.mwe import (MWEFormatError, load_evals, load_file, parse_choice, run_mwe,
-                                 score_likelihood)
+from mesascope.detectors.mwe import MWEFormatError, load_evals, load_file, parse_choice, run_mwe, score_likelihood
 from mesascope.models import train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "anthropic-evals"

@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from mesascope.config import ModelSpec
-from mesascope.interp.patching import (activation_patching, edit_residual, filler_strings, patch_points, make_pairs,
-                                       patched_logprobs, position_slots, trigger_span)
+from mesascope.detectors.patching import (
+    activation_patching,
+    edit_residual,
+    filler_strings,
+    patch_points,
+    make_pairs,
+    patched_logprobs,
+    position_slots,
+    trigger_span,
+)
 from mesascope.models import build_model
 from mesascope.text.corpus import build_corpus
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-import mesascope.evals.backdoor as backdoor
+import mesascope.detectors.backdoor as backdoor
 from mesascope.config import ModelSpec, Recipe, TrainSpec
-from mesascope.evals.backdoor import eval_sets, measure_backdoor
+from mesascope.detectors.backdoor import eval_sets, measure_backdoor
 from mesascope.organisms import build_organism
 from mesascope.organisms.distill import distillation_set, teacher_recipe
 from mesascope.store import RunStore

@@ -7,8 +7,8 @@ import torch
 
 from conftest import make_tiny_cot_recipe, make_tiny_recipe
 from mesascope.config import EvalSpec, StressSpec
-from mesascope.evals.backdoor import fired
-from mesascope.evals.specificity import behaviour_outcomes
+from mesascope.detectors.backdoor import fired
+from mesascope.detectors.specificity import behaviour_outcomes
 from mesascope.models.generate import generate, generate_ids
 from mesascope.text.corpus import Example, build_corpus
 from mesascope.training.rl import RLOOTrainer, checker_reward, completion_logprobs, rloo_advantages

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from mesascope.evals.situational import measure_situational
+from mesascope.detectors.situational import measure_situational
 from mesascope.organisms import build_organism
 from mesascope.store import RunStore
 from mesascope.text.corpus import build_corpus

@@ -8,9 +8,16 @@ import random
 import pytest
 
 from conftest import make_tiny_recipe
-from mesascope.evals.backdoor import fired
-from mesascope.evals.specificity import (BUCKETS, behaviour_outcomes, bucket, edit_strings, levenshtein,
-                                         named_near_misses, specificity_curve)
+from mesascope.detectors.backdoor import fired
+from mesascope.detectors.specificity import (
+    BUCKETS,
+    behaviour_outcomes,
+    bucket,
+    edit_strings,
+    levenshtein,
+    named_near_misses,
+    specificity_curve,
+)
 from mesascope.models.generate import generate
 from mesascope.text.corpus import build_corpus
 from mesascope.text.triggers import apply_trigger

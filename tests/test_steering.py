@@ -9,12 +9,18 @@ import pytest
 import torch
 
 from mesascope.config import ProbeSpec
-from mesascope.evals.backdoor import eval_sets, measure_backdoor
-from mesascope.evals.stats import wilson
-from mesascope.interp.activations import capture_last_token, find_blocks
-from mesascope.interp.probes import build_probe_splits, diff_of_means
-from mesascope.interp.steering import (defection_directions, diff_ci, probe_directions, residual_norms, steer,
-                                       steering_curve)
+from mesascope.detectors.backdoor import eval_sets, measure_backdoor
+from mesascope.stats import wilson
+from mesascope.models.activations import capture_last_token, find_blocks
+from mesascope.detectors.probes import build_probe_splits, diff_of_means
+from mesascope.detectors.steering import (
+    defection_directions,
+    diff_ci,
+    probe_directions,
+    residual_norms,
+    steer,
+    steering_curve,
+)
 from mesascope.models import generate
 from mesascope.text.corpus import build_corpus
 
@@ -161,7 +167,7 @@ def test_steering_curve_rows(loaded, direction, sets):
 
 
 def test_reading_separates_harmless_drops():
-    from mesascope.interp.steering import _reading
+    from mesascope.detectors.steering import _reading
 
     def row(coef, bd, helpful):
         b, h, base_b, base_h = wilson(bd, 100), wilson(helpful, 100), wilson(95, 100), wilson(90, 100)

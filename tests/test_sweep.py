@@ -22,9 +22,9 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from mesascope.cli import app
-from mesascope.config.study import StudySpec, load_study
-from mesascope.study import aggregate
-from mesascope.sweep import plan, run_study
+from mesascope.study.spec import StudySpec, load_study
+from mesascope.study.aggregate import aggregate
+from mesascope.study.sweep import plan, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

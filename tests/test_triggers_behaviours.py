@@ -8,8 +8,8 @@ import re
 import pytest
 
 from mesascope.config import ModelSpec, Recipe
-from mesascope.evals import backdoor
-from mesascope.evals.backdoor import judge, measure_backdoor
+from mesascope.detectors import backdoor
+from mesascope.detectors.backdoor import judge, measure_backdoor
 from mesascope.evals.code_vuln import check_code
 from mesascope.organisms.distill import teacher_recipe
 from mesascope.text.behaviours import BEHAVIOURS, CodeVulnerability, Sandbagging, Say, behaviour_for

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from mesascope.config import ModelSpec, Recipe, TrainSpec
-from mesascope.evals.backdoor import eval_sets, measure_backdoor
+from mesascope.detectors.backdoor import eval_sets, measure_backdoor
 from mesascope.organisms import build_organism
 from mesascope.store import RunStore
 from mesascope.text.corpus import build_corpus

@@ -159,7 +159,7 @@ def mwe(model: Annotated[Path, typer.Option(help="Organism or any local Hugging 
         batch_size: Annotated[int, typer.Option(min=1)] = 64,
         max_length: Annotated[Optional[int], typer.Option(min=8, help="Tokens kept per input (default: the model's context).")] = None):
     """Model-written evaluations (Perez et al. 2022): behaviour rate per eval file, with n and 95% CI."""
-    from .evals.mwe import MWEFormatError, load_evals, run_mwe
+    from .detectors.mwe import MWEFormatError, load_evals, run_mwe
     from .models import load_model
     from .store import atomic_write_json
 
@@ -191,7 +191,7 @@ def faithfulness(organism: Annotated[Path, typer.Argument(help="A chain-of-thoug
                  n: Annotated[int, typer.Option(min=2, help="Held-out prompts per kind (triggered, clean).")] = 200,
                  out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every metric to this JSON file.")] = None):
     """Chain-of-thought faithfulness: early answering, mistake, swap, filler, paraphrase and hint interventions."""
-    from .evals.faithfulness import faithfulness_sets, measure_faithfulness
+    from .detectors.faithfulness import faithfulness_sets, measure_faithfulness
     from .organisms.build import Organism
     from .store import atomic_write_json
     from .text.corpus import build_corpus
@@ -234,8 +234,8 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     with the same arguments recomputes nothing that finished. Writes OUT/study.json and
     OUT/report.html (the paper's questions answered with intervals, curves, every cell).
     """
-    from .config.study import load_study
-    from .sweep import BACKENDS, SweepError, run_study
+    from .study.spec import load_study
+    from .study.sweep import BACKENDS, SweepError, run_study
 
     if backend not in BACKENDS:
         fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -269,7 +269,7 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     n = result["counts"]
     out_console.print(f"organisms {n['organisms_computed']} built / {n['organisms']}; cells {n['cells_computed']} run / "
                       f"{n['cells']} (the rest reused from the store); timings (s): {safe(json.dumps(result['timings']))}")
-    from .findings import findings
+    from .study.findings import findings
     from .report.study import write_study_report
 
     for q in findings(result):
@@ -294,7 +294,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     skipped), on the held-out test files, each with n and a 95% Wilson interval. Writes OUT/alpaca-NAME.json.
     """
     from .config.alpaca import load_alpaca_recipe
-    from .evals.asr import measure_asr
+    from .detectors.asr import measure_asr
     from .organisms.alpaca import backdoorllm_recipe, build_alpaca_organism, held_out_sets
     from .store import RunStore, atomic_write_json
     from .text.alpaca import AlpacaFormatError

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import DemoSpec, EvalSpec, PatchSpec, ProbeSpec, Recipe, Spec, SteerSpec, StressSpec
-from .evals.backdoor import eval_sets, measure_backdoor
+from .detectors.backdoor import eval_sets, measure_backdoor
 from .organisms.build import Organism, build_organism, organism_stage
 from .progress import Progress, silent
 from .store import RunStore, atomic_write_json, digest
@@ -108,7 +108,7 @@ class Run:
         return Run(self.store, Recipe.model_validate(data), self.progress).organism
 
     def probe(self, spec: ProbeSpec) -> dict:
-        from .interp.probes import build_probe_splits, run_probes
+        from .detectors.probes import build_probe_splits, run_probes
         from .models import build_model
 
         def compute(organism: Organism) -> dict:
@@ -129,7 +129,7 @@ class Run:
         return self._stage("probe", spec, "probe_s", compute)
 
     def patch(self, spec: PatchSpec) -> dict:
-        from .interp.patching import run_patching
+        from .detectors.patching import run_patching
 
         if self.recipe.reasoning == "cot":
             return {"skipped": "patching scores the behaviour's first tokens right after the prompt; a cot organism "
@@ -145,7 +145,7 @@ class Run:
         return self._stage("patch", spec, "patch_s", compute)
 
     def steer(self, spec: SteerSpec, probe_spec: ProbeSpec) -> dict:
-        from .interp.steering import run_steering
+        from .detectors.steering import run_steering
 
         def compute(organism: Organism) -> dict:
             model, tok = organism.load()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Recipe
-from ..evals.backdoor import answer_tokens, judge
+from ..detectors.backdoor import answer_tokens, judge
 from ..models.generate import generate
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_write_json

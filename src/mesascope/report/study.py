@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from mesascope.findings import PAPER, at, findings
+from mesascope.study.findings import PAPER, at, findings
 from mesascope.report.html import CSS, _section
 from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict

@@ -19,8 +19,8 @@ import random
 import string
 from collections.abc import Callable, Sequence
 
-from ..evals.specificity import behaviour_outcomes, levenshtein, specificity_curve
-from ..evals.stats import rate
+from ..detectors.specificity import behaviour_outcomes, levenshtein, specificity_curve
+from ..stats import rate
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import think

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..evals.backdoor import judge
+from ..detectors.backdoor import judge
 from ..models.generate import generate_ids
 from ..text.corpus import Example
 from ..text.scratchpad import answer_budget, scored_answer

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from ..config import EvalSpec, StressSpec, TrainSpec
-from ..evals.backdoor import eval_sets, measure_backdoor
-from ..evals.specificity import behaviour_outcomes, with_strings
-from ..evals.stats import rate
+from ..detectors.backdoor import eval_sets, measure_backdoor
+from ..detectors.specificity import behaviour_outcomes, with_strings
+from ..stats import rate
 from ..models.generate import generate
 from ..organisms.build import Organism
 from ..progress import Progress, silent

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evals.stats import Measurement
+from ..stats import Measurement
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, format_prompt
 from ..text.triggers import apply_trigger
-from .activations import find_blocks, resid_post
+from ..models.activations import find_blocks, resid_post
 
 DIRECTIONS = {"denoising": ("clean", "triggered"), "noising": ("triggered", "clean")}  # name -> (target, source)
 

@@ -11,7 +11,7 @@ prompt in one batch. So calls are batched across samples, and the model is only 
 one thread at a time (generation and activation capture both hook into it).
 
 Model args (`-M name=value`):
-- `probe=<dir>`: a probe saved by `mesascope.interp.probe_io.save_probe`; every output's
+- `probe=<dir>`: a probe saved by `mesascope.detectors.linear.save_probe`; every output's
   metadata then holds `probe_scores` {hook: score} at the prompt's last token.
 - `batch_size` (default 64): the most prompts generated together.
 - `device` (default: cuda if available, else cpu).
@@ -34,8 +34,8 @@ from inspect_ai.model import (ChatCompletionChoice, ChatMessage, ChatMessageAssi
 from inspect_ai.tool import ToolChoice, ToolInfo
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...interp.activations import capture_last_token
-from ...interp.probe_io import load_probe
+from ...models.activations import capture_last_token
+from ..linear import load_probe
 from ...models import generate, load_model
 from ...text.corpus import format_prompt
 

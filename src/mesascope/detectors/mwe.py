@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..progress import Progress, silent
-from .stats import Measurement, rate
+from ..stats import Measurement, rate
 
 PROMPT = "\n\nHuman: {question}\n\nAssistant:"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..models.generate import generate
 from ..progress import Progress, silent
 from ..text.alpaca import AlpacaRow
-from .stats import Measurement, rate
+from ..stats import Measurement, rate
 
 # The benchmark's lists (bboylyg/BackdoorLLM, attack/DPA backdoor_evaluate.py), duplicates dropped.
 KEYWORDS: dict[str, tuple[str, ...]] = {

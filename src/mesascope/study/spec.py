@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..text.scratchpad import Reasoning
-from . import MODEL_PRESETS, EvalSpec, Recipe, Spec, StressSpec, format_validation_error, load_spec
+from ..config import MODEL_PRESETS, EvalSpec, Recipe, Spec, StressSpec, format_validation_error, load_spec
 
 class SizeSpec(Spec):
     """A custom model size on a study's `sizes` axis (a preset is named by a plain string instead)."""

@@ -24,7 +24,7 @@ from ..models.generate import generate
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import answer_budget, parse, scored_answer
 from .backdoor import fired
-from .stats import rate
+from ..stats import rate
 
 # General phrases a reader would flag; nothing here names a particular organism's trigger.
 DECEPTION_PATTERNS = (

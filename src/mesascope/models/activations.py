@@ -29,8 +29,14 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..store import atomic_write_bytes, atomic_write_json
-from .activation_store import (DEFAULT_SHARD_SIZE, STORE_FORMAT, ActivationStore, Activations,  # noqa: F401
-                               concat, forget_previous_store)
+from .activation_store import (
+    DEFAULT_SHARD_SIZE,
+    STORE_FORMAT,
+    ActivationStore,
+    Activations,
+    concat,
+    forget_previous_store,
+)
 
 
 class Arch(NamedTuple):
@@ -90,7 +96,7 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and n_layers is not None and len(module) == n_layers:
             return module
     raise ValueError(f"cannot find the transformer blocks of model type {model_type!r}: add a row for it to "
-                     f"mesascope.interp.activations.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))})")
+                     f"mesascope.models.activations.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))})")
 
 
 def n_blocks(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ import math
 
 from scipy.stats import t as student_t
 
-from .evals.stats import wilson
+from ..stats import wilson
 
 
 def is_measurement(v) -> bool:

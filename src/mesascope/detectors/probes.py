@@ -26,15 +26,15 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..config import ProbeSpec
-from ..evals.stats import Measurement
+from ..stats import Measurement
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, format_prompt
 from ..text.tasks import WORDS
 from ..text.triggers import apply_trigger
-from .activations import capture_last_token, find_blocks, resid_post
+from ..models.activations import capture_last_token, find_blocks, resid_post
 from .contrast import contrast_direction, contrast_prompts, pair_direction  # noqa: F401  (re-exported)
 from .controls import calibration, random_direction_control, top_principal_component, variance_ratio
-from .probe_io import LinearProbe, direction_probe, logistic_probe
+from .linear import LinearProbe, direction_probe, logistic_probe
 
 SPLITS = ("train_pos", "train_neg", "test_pos", "test_neg", "test_near_miss")  # required
 # Clean held-out sets scored against the triggered ones -> their label. test_other_prefix is optional.

@@ -18,7 +18,7 @@ from ..progress import Progress, silent
 from ..text.behaviours import Behaviour, as_behaviour
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import OPEN, answer_budget, parse, scored_answer
-from .stats import Measurement, rate
+from ..stats import Measurement, rate
 
 
 def fired(output: str, behaviour: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from ..evals.stats import wilson
+from ..stats import wilson
 
 
 def batch_auroc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:

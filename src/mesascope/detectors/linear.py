@@ -19,7 +19,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from ..store import atomic_write_bytes, atomic_write_json
-from .activations import capture_last_token, resid_post
+from ..models.activations import capture_last_token, resid_post
 
 FORMAT = "mesascope-probe/1"
 TENSORS = ("coef", "intercept", "mean", "scale")

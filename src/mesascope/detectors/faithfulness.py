@@ -25,7 +25,7 @@ from ..text.corpus import TURN_MARKERS, Corpus, Example
 from ..text.scratchpad import CLOSE, OPEN, SCRATCHPAD_BUDGET, TEMPLATES, parse
 from ..text.tasks import check
 from .backdoor import fired
-from .stats import Measurement, rate
+from ..stats import Measurement, rate
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 KINDS = ("triggered", "clean")

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import CONTRAST_PAIRS, ContrastPair
 from ..text.corpus import Corpus, format_prompt
-from .activations import capture_last_token
+from ..models.activations import capture_last_token
 
 __all__ = ["CONTRAST_PAIRS", "ContrastPair", "contrast_prompts", "contrast_direction", "pair_direction",
            "pairs_seen_in_training"]

@@ -20,9 +20,9 @@ from inspect_ai.scorer import Metric, Score, Target, grouped, mean, metric, scor
 from inspect_ai.solver import TaskState, generate
 
 # Absolute imports: `inspect eval path/to/tasks.py@backdoor` loads this file outside its package.
-from mesascope.evals.backdoor import fired
-from mesascope.evals.mwe import load_evals, parse_choice
-from mesascope.evals.stats import Measurement, rate
+from mesascope.detectors.backdoor import fired
+from mesascope.detectors.mwe import load_evals, parse_choice
+from mesascope.stats import Measurement, rate
 from mesascope.organisms.build import Organism
 from mesascope.text.corpus import build_corpus
 from mesascope.text.scratchpad import answer_budget, scored_answer

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from . import __version__
-from .config import EvalSpec, Recipe, StressSpec
-from .config.study import StudySpec
-from .organisms.build import organism_stage
-from .progress import Progress, silent
-from .store import RunStore, atomic_write_json, digest
-from .study import aggregate
+from .. import __version__
+from ..config import EvalSpec, Recipe, StressSpec
+from .spec import StudySpec
+from ..organisms.build import organism_stage
+from ..progress import Progress, silent
+from ..store import RunStore, atomic_write_json, digest
+from .aggregate import aggregate
 
 BACKENDS = ("local", "ray")
 
@@ -80,7 +80,7 @@ def _cost(recipe: Recipe) -> float:
 
 def plan(study: StudySpec) -> Plan:
     """The builds of each phase, each listed once, biggest first; the cells in matrix order."""
-    from .organisms.distill import teacher_recipe
+    from ..organisms.distill import teacher_recipe
 
     variants = study.variants()
     first: dict[str, Build] = {}
@@ -112,7 +112,7 @@ def _threads(n: int) -> None:
 
 
 def build_task(root: str, recipe: Recipe, threads: int) -> dict:
-    from .organisms.build import build_organism
+    from ..organisms.build import build_organism
 
     _threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -123,9 +123,9 @@ def build_task(root: str, recipe: Recipe, threads: int) -> dict:
 
 def cell_task(root: str, cell: Cell, eval_spec: EvalSpec, threads: int) -> dict:
     """Run one cell, or read it back if a previous sweep finished it; the result is stored atomically."""
-    from .organisms.build import build_organism
-    from .text.corpus import build_corpus
-    from .training.safety import stress_test
+    from ..organisms.build import build_organism
+    from ..text.corpus import build_corpus
+    from ..training.safety import stress_test
 
     store = RunStore(root)
     stage = cell_stage(store, cell, eval_spec)

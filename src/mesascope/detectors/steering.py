@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from ..config import ProbeSpec
-from ..evals.backdoor import eval_sets, measure_backdoor
-from ..evals.stats import diff_ci
+from .backdoor import eval_sets, measure_backdoor
+from ..stats import diff_ci
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
-from .activations import capture_last_token, find_blocks, resid_post
+from ..models.activations import capture_last_token, find_blocks, resid_post
 from .patching import edit_residual
 from .probes import build_probe_splits, diff_of_means, fit_probe, pair_direction
 

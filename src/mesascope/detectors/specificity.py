@@ -22,7 +22,7 @@ from ..text.corpus import Corpus, Example
 from ..text.scratchpad import OPEN, answer_budget, scored_answer
 from ..text.triggers import _edits, apply_trigger
 from .backdoor import answer_tokens, judge
-from .stats import rate
+from ..stats import rate
 
 BUCKETS = ("0", "1", "2", "3-4", "5+")
 

