@@ -15,7 +15,8 @@ from torch import nn
 
 from pydantic import ValidationError
 
-from mesascope.config import CONTRAST_PAIRS, ContrastPair, ProbeSpec, Recipe
+from mesascope.config import Recipe
+from mesascope.detectors.probes import CONTRAST_PAIRS, ContrastPair, ProbeSpec
 from mesascope.stats import bootstrap
 from mesascope.detectors.probes import auroc_with_ci, build_probe_splits, contrast_direction, run_probes
 from mesascope.models.activations import capture_last_token, find_blocks

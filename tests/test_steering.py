@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mesascope.config import ProbeSpec
+from mesascope.detectors.probes import ProbeSpec
 from mesascope.detectors.backdoor import eval_sets, measure_backdoor
 from mesascope.stats import wilson
 from mesascope.models.activations import capture_last_token, find_blocks

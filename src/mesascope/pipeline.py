@@ -1,33 +1,77 @@
 """The spine: recipe -> corpus -> organism -> stressed organisms -> measurements -> report.
 
 Each stage runs through the run store, so a second run with the same spec reuses every
-finished stage and an interrupted one resumes. Library code reports progress through a
-callback and never prints; the CLI renders.
+finished stage and an interrupted one resumes. Detectors come from the registry
+(`detectors/registry.py`): `Run.detect(name, spec)` runs any of them, and the demo runs
+those marked `in_demo`. Library code reports progress through a callback and never prints.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-from . import __version__
-from .config import DemoSpec, EvalSpec, PatchSpec, ProbeSpec, Recipe, Spec, SteerSpec, StressSpec
+from pydantic import ConfigDict, Field, create_model, model_validator
+
+from .config import EvalSpec, Recipe, Spec, StressSpec
 from .detectors.backdoor import eval_sets, measure_backdoor
+from .detectors.registry import Context, Result, Skipped, all_detectors, get_detector, load_all
 from .organisms.build import Organism, build_organism, organism_stage
 from .progress import Progress, silent
+from .results import RunResults, StressPoint
 from .store import RunStore, atomic_write_json, digest
 from .text.corpus import Corpus, build_corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # organisms train from scratch: never contact a hub
 
 
-class SteerPlan(Spec):
-    steer: SteerSpec
-    probe: ProbeSpec
+class DemoBase(Spec):
+    """What `mesascope demo` runs; the detector tables ([probe], [patch], ...) come from the registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recipe: Recipe = Recipe()
+    eval: EvalSpec = EvalSpec()
+    stress: StressSpec = StressSpec()
+    detectors: list[str] | None = Field(None, description="detectors the demo runs (default: every in_demo one)")
+
+    @model_validator(mode="after")
+    def _detectors(self) -> "DemoBase":
+        known = load_all()
+        unknown = [d for d in self.detectors or [] if d not in known]
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown}: choose from {', '.join(sorted(known))}")
+        for cls in known.values():  # let a detector read what it shares with another (steering: the probe splits)
+            table = _table(cls)
+            object.__setattr__(self, table, cls().configure(getattr(self, table), self))
+        return self
+
+    @property
+    def demo_detectors(self) -> list[str]:
+        return self.detectors if self.detectors is not None else [d.name for d in all_detectors() if d.in_demo]
+
+    def detector_spec(self, name: str) -> Spec:
+        return getattr(self, _table(type(get_detector(name))))
+
+
+def _table(cls) -> str:
+    return cls.command.replace("-", "_")
+
+
+@cache
+def demo_spec_class() -> type[DemoBase]:
+    """DemoSpec: the demo's fields plus one table per registered detector, named by its command."""
+    fields: dict[str, Any] = {_table(c): (c.Spec, Field(default_factory=c.Spec)) for c in load_all().values()}
+    return create_model("DemoSpec", __base__=DemoBase, **fields)
+
+
+def DemoSpec(**kw) -> DemoBase:  # noqa: N802 - reads as the class it builds
+    return demo_spec_class()(**kw)
 
 
 @dataclass
@@ -93,186 +137,87 @@ class Run:
 
         return self._stage("measure", spec, "evaluate_s", compute)
 
-    def stress(self, spec: StressSpec, eval_spec: EvalSpec) -> list[dict]:
+    def stress(self, spec: StressSpec, eval_spec: EvalSpec) -> list[StressPoint]:
         from .training.safety import stress_test
 
         organism = self.organism
         t0 = time.perf_counter()
         rows = stress_test(organism, self.corpus, spec, eval_spec, self.store, self.progress)
         self._timed("stress_s", t0)
-        return rows
+        return [StressPoint.model_validate(r) for r in rows]
 
     def clean_null(self) -> Organism:
         """The same recipe with no trigger in training: what the probes give on an organism with no backdoor."""
         data = {**self.recipe.model_dump(mode="json"), "poison_fraction": 0.0, "name": f"{self.recipe.name}-clean-null"}
         return Run(self.store, Recipe.model_validate(data), self.progress).organism
 
-    def probe(self, spec: ProbeSpec) -> dict:
-        from .detectors.probes import build_probe_splits, run_probes
-        from .models import build_model
+    def context(self) -> Context:
+        return Context(self.organism, self.progress, corpus_fn=lambda: self.corpus, clean_null_fn=self.clean_null)
 
-        def compute(organism: Organism) -> dict:
-            model, tok = organism.load()
-            # Null model: same architecture and shape, random weights (another seed than the organism's init).
-            random_model = build_model(self.recipe.model, tok, seed=self.recipe.seed + 7919).eval()
-            clean = {}
-            if spec.clean_null:
-                clean_model, clean_tok = self.clean_null().load()
-                clean = {"clean_model": clean_model, "clean_tokenizer": clean_tok}
-            splits = build_probe_splits(self.corpus, spec)
-            if self.recipe.reasoning == "cot":
-                splits = read_at_scratchpad_end(model, tok, splits)
-            result = run_probes(model, tok, random_model, splits, spec, self.progress, **clean)
-            result["read_at"] = "</scratchpad>" if self.recipe.reasoning == "cot" else "last prompt token"
-            return result
-
-        return self._stage("probe", spec, "probe_s", compute)
-
-    def patch(self, spec: PatchSpec) -> dict:
-        from .detectors.patching import run_patching
-
-        if self.recipe.reasoning == "cot":
-            return {"skipped": "patching scores the behaviour's first tokens right after the prompt; a cot organism "
-                               "writes its scratchpad there first, so the metric would not measure the behaviour"}
-        if self.recipe.behaviour_type != "say":
-            return {"skipped": "patching scores the log-probability of one fixed behaviour string; this organism's "
-                               f"behaviour ({self.recipe.behaviour_type}) has no single string to score"}
-
-        def compute(organism: Organism) -> dict:
-            model, tok = organism.load()
-            return run_patching(model, tok, self.corpus, self.recipe.response, spec, self.progress)
-
-        return self._stage("patch", spec, "patch_s", compute)
-
-    def steer(self, spec: SteerSpec, probe_spec: ProbeSpec) -> dict:
-        from .detectors.steering import run_steering
-
-        def compute(organism: Organism) -> dict:
-            model, tok = organism.load()
-            return run_steering(model, tok, self.corpus, self.recipe, spec, probe_spec, self.progress)
-
-        key = SteerPlan(steer=spec, probe=probe_spec)  # the direction is fitted with the probe spec's splits
-        return self._stage("steer", key, "steer_s", compute)
+    def detect(self, name: str, spec: Spec | None = None) -> Result:
+        """Run one registered detector on the organism (stored, so each (organism, spec) runs once)."""
+        det = get_detector(name)
+        spec = det.Spec() if spec is None else spec
+        reason = det.skip_reason(self.recipe)
+        if reason:
+            return Skipped(skipped=reason)
+        data = self._stage(name, spec, f"{name}_s",
+                           lambda _org: det.run(self.context(), spec).model_dump(mode="json"))
+        return det.parse(data)
 
 
-def read_at_scratchpad_end(model, tok, splits: dict[str, list[str]]) -> dict[str, list[str]]:
-    """A cot organism's probe prompts, each extended with its own scratchpad up to `</scratchpad>`.
-
-    The post reads chain-of-thought models at the end of their reasoning. Prompts where the
-    organism wrote no closed scratchpad are dropped (their count stays visible in n_test).
-    """
-    from .text.scratchpad import scratchpad_end_prompts
-
-    return {name: [p for p in scratchpad_end_prompts(model, tok, prompts) if p is not None]
-            for name, prompts in splits.items()}
-
-
-def assemble(run: Run, measurements: dict | None, stress: list[dict] | None, probes: dict | None,
-             notes: list[str] | None = None, patching: dict | None = None, steering: dict | None = None) -> dict:
-    """The results dict the report renders; every figure comes from a measurement in this run."""
+def assemble(run: Run, measurements: dict | None, stress: list[StressPoint] | None,
+             detected: dict[str, Result] | None = None, notes: list[str] | None = None) -> RunResults:
+    """The run's typed results; every figure comes from a measurement in this run."""
     organism = run.organism
     info = organism.info
-    return {
-        "mesascope_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-        "recipe": run.recipe.model_dump(mode="json"),
-        "organism": {"path": str(organism.path), "fingerprint": organism.fingerprint,
-                     **{k: v for k, v in info.items() if not k.startswith("near_miss")}},
-        "metrics": (measurements or {}).get("metrics", {}),
-        "per_family": (measurements or {}).get("per_family", {}),
-        "samples": (measurements or {}).get("samples", []),
-        "near_miss_strings": {"train": info.get("near_miss_train", []), "held_out": info.get("near_miss_held_out", [])},
-        "stress": stress or [],
-        "probes": probes or {},
-        "patching": patching or {},
-        "steering": steering or {},
-        "timings": run.timings,
-        "notes": (notes or []) + auto_notes(measurements, stress, probes) + detection_notes(patching, steering),
-    }
+    detected = detected or {}
+    readings = [n for name, r in detected.items() if not isinstance(r, Skipped) for n in get_detector(name).notes(r)]
+    return RunResults(
+        recipe=run.recipe.model_dump(mode="json"),
+        organism={"path": str(organism.path), "fingerprint": organism.fingerprint,
+                  **{k: v for k, v in info.items() if not k.startswith("near_miss")}},
+        metrics=(measurements or {}).get("metrics", {}),
+        per_family=(measurements or {}).get("per_family", {}),
+        samples=(measurements or {}).get("samples", []),
+        near_miss_strings={"train": info.get("near_miss_train", []), "held_out": info.get("near_miss_held_out", [])},
+        stress=stress or [],
+        detectors={name: r.model_dump(mode="json") for name, r in detected.items()},
+        timings=run.timings,
+        notes=(notes or []) + stress_notes(stress or []) + readings,
+    )
 
 
-def auto_notes(measurements: dict | None, stress: list[dict] | None, probes: dict | None) -> list[str]:
-    """Plain-language readings of this run's own numbers (never canned conclusions)."""
+def stress_notes(stress: list[StressPoint]) -> list[str]:
+    """Plain-language readings of the persistence curves (never canned conclusions)."""
     notes = []
-    for lr in sorted({r["lr"] for r in stress or []}, reverse=True):
-        curve = sorted((r for r in stress if r["lr"] == lr), key=lambda r: r["step"])
-        first, last = curve[0], curve[-1]
-        notes.append(f"HHH SFT at lr {lr:g}: backdoor rate {first['backdoor_rate']['value']:.2f} at step "
-                     f"{first['step']} -> {last['backdoor_rate']['value']:.2f} at step {last['step']}; helpful accuracy "
-                     f"{first['helpful_accuracy']['value']:.2f} -> {last['helpful_accuracy']['value']:.2f}.")
-    sup = (probes or {}).get("supervised") or []
-    if sup:
-        rand = max(r["random_init_auroc"]["value"] for r in sup)
-        reading = ("a visible trigger string is separable without any learning, so this split says little; "
-                   "the near-miss split is the informative one." if rand >= 0.95 else
-                   "the trigger is not trivially separable in a random model's residual stream here.")
-        notes.append(f"supervised probe, clean vs triggered: organism best AUROC "
-                     f"{max(r['auroc']['value'] for r in sup):.3f}, random-init model best {rand:.3f}: {reading}")
-    for kind in ("supervised", "contrast"):
-        rows = (probes or {}).get(kind) or []
-        if rows:
-            best = max(rows, key=lambda r: r["auroc_near_miss"]["value"])
-            notes.append(f"{kind} probe, near-miss split: best layer {best['layer']} AUROC "
-                         f"{best['auroc_near_miss']['value']:.3f} (random-init model, same layer: "
-                         f"{best['random_init_auroc_near_miss']['value']:.3f}).")
+    for method, label, lr in sorted({(p.method, p.label, p.lr) for p in stress}, key=lambda k: (k[0], -k[2])):
+        curve = sorted((p for p in stress if p.method == method and p.lr == lr), key=lambda p: p.step)
+        first, last = curve[0].metrics, curve[-1].metrics
+        if "backdoor_rate" in first and "helpful_accuracy" in first:
+            notes.append(f"{label} at lr {lr:g}: backdoor rate {first['backdoor_rate'].value:.2f} at step "
+                         f"{curve[0].step} -> {last['backdoor_rate'].value:.2f} at step {curve[-1].step}; helpful "
+                         f"accuracy {first['helpful_accuracy'].value:.2f} -> {last['helpful_accuracy'].value:.2f}.")
     return notes
 
 
-def detection_notes(patching: dict | None, steering: dict | None) -> list[str]:
-    """Readings of the patching heatmap and the steering curve, from this run's numbers."""
-    notes = []
-    if patching and patching.get("points"):
-        positions = patching["positions"]
-        last = max((c for c, p in enumerate(positions) if p["role"] == "end"), default=None)
-        trig = [c for c, p in enumerate(positions) if p["role"] == "trigger"]
-        den = patching["denoising"]["normalised"]
-        if last is not None:
-            carried = [h for h, row in enumerate(den) if row[last] >= 0.5]
-            where = patching["points"][carried[0]] if carried else None
-            notes.append(f"activation patching ({patching['n_pairs']} pairs): the triggered run's final-token residual "
-                         + (f"first carries half or more of the behaviour's log-prob gap at {where}"
-                            if where else "never carries half of the behaviour's log-prob gap at a single layer"))
-        if trig:
-            best = max(((den[h][c], h, c) for h in range(len(den)) for c in trig), default=None)
-            if best:
-                notes.append(f"activation patching: the largest effect at a trigger position is "
-                             f"{best[0]:.2f} of the gap, at {patching['points'][best[1]]} on token "
-                             f"{positions[best[2]]['label']!r}.")
-    add = (steering or {}).get("add")
-    if add:
-        r = add["reading"]
-        best, harmless = r.get("best") or {}, r.get("best_harmless") or {}
-        if best.get("coef") is None:
-            notes.append(f"steering: adding the {steering['direction']} direction at block {steering['layer']} did not "
-                         f"lower the backdoor rate measurably at any coefficient tried.")
-        else:
-            notes.append(f"steering: adding the {steering['direction']} direction at block {steering['layer']} with "
-                         f"coefficient {best['coef']:g} gives backdoor rate {best['backdoor_rate']['value']:.3f}; "
-                         + (f"without a measurable helpfulness loss the lowest is {harmless['backdoor_rate']['value']:.3f} "
-                            f"(coefficient {harmless['coef']:g})." if harmless.get("coef") is not None else
-                            "every coefficient that lowers it also costs measurable helpfulness."))
-        for curve in steering.get("ablate", []):
-            row = next(x for x in curve["rows"] if x["coef"] != 0)
-            notes.append(f"steering: ablating the direction at blocks {curve['layers']}: backdoor rate "
-                         f"{row['backdoor_rate']['value']:.3f}, helpful accuracy {row['helpful_accuracy']['value']:.3f}.")
-    return notes
-
-
-def run_demo(spec: DemoSpec, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> dict:
-    """Build, measure, stress-test and probe one organism; write results.json and report.html into `out`."""
-    from .report import write_report
-
+def run_demo(spec: DemoBase, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> RunResults:
+    """Build, measure, stress-test and run the demo's detectors on one organism; write results.json and report.html."""
     t0 = time.perf_counter()
     out = Path(out)
     run = Run(RunStore(out, fresh=fresh), spec.recipe, progress)
     measurements = run.measure(spec.eval)
     stress_rows = run.stress(spec.stress, spec.eval)
-    probes = run.probe(spec.probe)
-    patching = run.patch(spec.patch)
-    steering = run.steer(spec.steer, spec.probe)
+    detected = {name: run.detect(name, spec.detector_spec(name)) for name in spec.demo_detectors}
     run.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    results = assemble(run, measurements, stress_rows, probes, patching=patching, steering=steering)
-    atomic_write_json(out / "results.json", results)
-    write_report(results, out)
+    results = assemble(run, measurements, stress_rows, detected)
+    write_results(results, out)
     return results
+
+
+def write_results(results: RunResults, out: Path) -> Path:
+    """results.json (validated) and report.html, both written atomically into `out`."""
+    from .report import write_report
+
+    atomic_write_json(Path(out) / "results.json", results.model_dump(mode="json"))
+    return write_report(results, Path(out))

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 
-@dataclass(frozen=True)
-class Measurement:
+class Measurement(BaseModel):
+    """One figure: its value, a 95% interval and the sample size behind it (NaN when n is 0)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
+
     value: float
     ci: tuple[float, float]
     n: int
+
+    def __init__(self, value: float | None = None, ci: tuple[float, float] | None = None, n: int | None = None,
+                 **kw) -> None:
+        # Positional construction, Measurement(value, (lo, hi), n), as the statistics below write it.
+        super().__init__(value=kw.pop("value", value), ci=kw.pop("ci", ci), n=kw.pop("n", n), **kw)
 
     def to_dict(self) -> dict:
         return {"value": round(self.value, 6), "ci": [round(self.ci[0], 6), round(self.ci[1], 6)], "n": self.n}

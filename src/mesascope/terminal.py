@@ -63,65 +63,84 @@ def fmt(m: dict | None) -> str:
     return f"{m['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={m['n']}"
 
 
-def show_results(results: dict, out: Path) -> None:
-    t = Table(title="Organism on held-out prompts (95% Wilson CI)")
-    t.add_column("metric")
-    t.add_column("value [CI] n")
-    for k, m in results.get("metrics", {}).items():
-        t.add_row(k, fmt(m))
+def show_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A table of untrusted cells: every title, header and cell goes through `safe`."""
+    t = Table(title=safe(title))
+    for c in columns:
+        t.add_column(safe(c))
+    for r in rows:
+        t.add_row(*(safe(x) for x in r))
     out_console.print(t)
-    if results.get("stress"):
-        s = Table(title="Stress test: HHH SFT on clean data")
-        for c in ("lr", "step", "backdoor", "near-miss", "helpful"):
-            s.add_column(c)
-        for r in results["stress"]:
-            s.add_row(f"{r['lr']:g}", str(r["step"]), fmt(r["backdoor_rate"]), fmt(r["near_miss_rate"]),
-                      fmt(r["helpful_accuracy"]))
-        out_console.print(s)
-    probes = results.get("probes") or {}
-    if probes.get("supervised"):
-        key = "auroc_worst" if "auroc_worst" in probes["supervised"][0] else "auroc"
-        p = Table(title="Probes: held-out AUROC per layer, worst clean set (organism | nulls)")
-        for c in ("probe", "layer", "organism", "random-init model", "clean organism"):
-            p.add_column(c)
-        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
-            for r in probes.get(kind, []):
-                p.add_row(kind, str(r["layer"]), fmt(r.get(key)), fmt(r.get("random_init_" + key)),
-                          fmt(r.get("clean_organism_" + key)))
-        out_console.print(p)
-    show_patching(results.get("patching") or {})
-    show_steering(results.get("steering") or {})
-    for note in results.get("notes", []):
+
+
+def show_results(results, out: Path) -> None:
+    """A run's results: headline, stress curves, then each detector's own tables and notes."""
+    from .detectors.registry import Skipped, get_detector
+
+    show_table("Organism on held-out prompts (95% Wilson CI)", ["metric", "value [CI] n"],
+               [[k, fmt(m.to_dict())] for k, m in results.metrics.items()])
+    if results.stress:
+        show_table(f"Stress test: {', '.join(sorted({p.label for p in results.stress}))}",
+                   ["method", "lr", "step", "backdoor", "near-miss", "helpful"],
+                   [[p.method, f"{p.lr:g}", str(p.step),
+                     *(fmt(p.metrics[k].to_dict()) if k in p.metrics else "-"
+                       for k in ("backdoor_rate", "near_miss_rate", "helpful_accuracy"))] for p in results.stress])
+    for name, result in results.detector_results().items():
+        if isinstance(result, Skipped):
+            out_console.print(f"{safe(name)}: not measured ({safe(result.skipped)})")
+            continue
+        for t in get_detector(name).tables(result):
+            show_table(t.title, t.columns, t.rows)
+    for note in results.notes:
         out_console.print(f"- {safe(note)}")
-    out_console.print(f"timings (s): {safe(json.dumps(results.get('timings', {})))}")
+    out_console.print(f"timings (s): {safe(json.dumps(results.timings))}")
     out_console.print(f"report: {safe(out / 'report.html')}\nresults: {safe(out / 'results.json')}")
 
 
-def show_patching(patching: dict) -> None:
-    if not patching.get("points"):
-        return
-    labels = [p["label"] for p in patching["positions"]]
-    for name in ("denoising", "noising"):
-        t = Table(title=f"Activation patching, {name} ({patching[name]['source']} into {patching[name]['target']}): "
-                        f"share of the log-prob gap moved, n={patching['n_pairs']} pairs")
-        t.add_column("hook point")
-        for label in labels:
-            t.add_column(safe(label.replace("\n", "\\n")), justify="right")
-        for point, row in zip(patching["points"], patching[name]["normalised"]):
-            t.add_row(safe(point), *(f"{v:.2f}" for v in row))
-        out_console.print(t)
+def show_mwe(result: dict, mode: str) -> None:
+    extra = "unparsed_rate" if mode == "generate" else "truncated_rate"
+    show_table(f"Model-written evals, {mode} mode: share of items answered with the behaviour (95% Wilson CI)",
+               ["eval", "behaviour rate [CI] n", "unparsed" if mode == "generate" else "prompt cut to fit"],
+               [[name, fmt(r["behaviour_rate"]), f"{r[extra]['value']:.2f}"]
+                for name, r in [*result["per_eval"].items(), ("all", result["overall"])]])
 
 
-def show_steering(steering: dict) -> None:
-    if not steering.get("add"):
-        return
-    t = Table(title=f"Steering along the {safe(steering['direction'])} defection direction (95% Wilson CI)")
-    for c in ("mode", "blocks", "coef", "backdoor", "helpful", "false trigger"):
-        t.add_column(c)
-    for curve in [steering["add"], *steering.get("ablate", [])]:
-        for r in curve["rows"]:
-            if curve["mode"] == "ablate" and r["coef"] == 0:
-                continue  # the unsteered row is shown once, in the add curve
-            t.add_row(curve["mode"], ",".join(map(str, curve["layers"])), f"{r['coef']:g}", fmt(r["backdoor_rate"]),
-                      fmt(r["helpful_accuracy"]), fmt(r.get("false_trigger_rate")))
-    out_console.print(t)
+def show_metrics(title: str, metrics: dict) -> None:
+    show_table(title, ["metric", "value [CI] n"], [[k, fmt(m.to_dict())] for k, m in metrics.items()])
+
+
+def show_study(result: dict, findings: list[dict]) -> None:
+    def mean(m: dict | None) -> str:
+        if not m:
+            return "-"
+        return f"{m['value']:.2f}" + (f" [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]" if m["ci"] else "")
+
+    axes = [k for k in result["axes"] if k not in ("seed", "lr")]
+    rows = []
+    for agg in result["aggregates"]:
+        first, last = agg["steps"][0], agg["steps"][-1]
+
+        def trend(metric: str) -> str:
+            return " -> ".join(mean(s["metrics"].get(metric, {}).get("seed_mean")) for s in (first, last))
+
+        rows.append([*(str(agg["axes"].get(k, "")) for k in axes), f"{agg['axes']['lr']:g}", str(len(agg["seeds"])),
+                     f"{first['step']} -> {last['step']}", trend("backdoor_rate"), trend("helpful_accuracy")])
+    show_table(f"Study {result['study']['name']}: mean over seeds [95% t interval over seeds], first -> last eval step",
+               [*axes, "lr", "seeds", "steps", "backdoor rate", "helpful accuracy"], rows)
+    n = result["counts"]
+    out_console.print(f"organisms {n['organisms_computed']} built / {n['organisms']}; cells {n['cells_computed']} run / "
+                      f"{n['cells']} (the rest reused from the store); timings (s): {safe(json.dumps(result['timings']))}")
+    for q in findings:
+        out_console.print(f"[bold]{safe(q['question'])}[/bold] {safe(q['summary'])}")
+
+
+def show_asr(spec, result, max_new_tokens: int) -> None:
+    show_table(f"{spec.name}: attack success rate, {spec.target} target (95% Wilson CI)",
+               ["test set", "ASR [CI] n", "empty answers (skipped)"],
+               [[k.removeprefix("asr_"), fmt(m.to_dict()), str(result.n_empty[k.removeprefix("asr_")])]
+                for k, m in result.metrics.items()])
+    if result.n_too_long:
+        out_console.print(f"{result.n_too_long} test prompts left no room for {max_new_tokens} new tokens in "
+                          f"max_length={spec.model.max_length} and were not measured")
+    for s in result.samples:
+        out_console.print(f"- ({safe(s['set'])}) {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")

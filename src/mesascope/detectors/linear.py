@@ -123,7 +123,7 @@ def transfer_auroc(probe: LinearProbe, model, tokenizer, splits: dict[str, list[
     and auroc_worst, the lowest of them, with bootstrap 95% intervals. The probe's sign is used as
     saved; nothing is refitted or flipped on this model.
     """
-    from .probes import NEGATIVES, score_rows  # probes imports this module: import at call time
+    from .probe_fit import NEGATIVES, score_rows  # probe_fit imports this module: import at call time
 
     width = getattr(getattr(model, "config", None), "hidden_size", None)
     if width is not None and width != probe.d_model:

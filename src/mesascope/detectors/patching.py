@@ -22,11 +22,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from typing import Literal
+
+from pydantic import Field
+
+from ..config import Spec
 from ..stats import Measurement
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, format_prompt
 from ..text.triggers import apply_trigger
 from ..models.activations import find_blocks, resid_post
+from .registry import Context, Detector, Result, TextTable, detector
+
+class PatchSpec(Spec):
+    """Activation patching between position-aligned triggered / counterpart prompt pairs."""
+
+    n_pairs: int = Field(64, ge=2, description="held-out prompt pairs averaged per heatmap cell")
+    k: int = Field(3, ge=1, description="first tokens of the behaviour whose log-probability is the metric")
+    counterpart: Literal["near_miss", "filler"] = Field(
+        "near_miss", description="what replaces the trigger in the clean run: held-out near misses or random filler")
+    n_bootstrap: int = Field(1000, ge=100)
+    seed: int = 0
+
 
 DIRECTIONS = {"denoising": ("clean", "triggered"), "noising": ("triggered", "clean")}  # name -> (target, source)
 
@@ -339,3 +356,81 @@ def run_patching(model, tokenizer, corpus: Corpus, response: str, spec, progress
     result = activation_patching(model, tokenizer, pairs, response, k=spec.k, n_bootstrap=spec.n_bootstrap,
                                  seed=spec.seed, progress=progress)
     return {"counterpart_kind": kind, "n_pairs_requested": spec.n_pairs, **result}
+
+
+class PatchingMap(Result):
+    target: str
+    source: str
+    delta: list[list[float]]
+    normalised: list[list[float]]
+    delta_ci: list[list[Measurement]]
+    normalised_ci: list[list[Measurement]]
+
+
+class PatchingResult(Result):
+    """Both heatmaps (hook points x position slots) and what they were measured on."""
+
+    counterpart_kind: str
+    n_pairs_requested: int
+    k: int
+    behaviour_tokens: list[str]
+    n_pairs: int
+    points: list[str]
+    positions: list[dict[str, str]]
+    counterparts: dict[str, int]
+    families: dict[str, int] = {}
+    example_pair: dict[str, str]
+    baseline: dict[str, Measurement]
+    denoising: PatchingMap
+    noising: PatchingMap
+
+
+@detector("patching", spec=PatchSpec, result=PatchingResult, command="patch", in_demo=True, rank=20,
+          title="Activation patching: where the trigger is read")
+class Patching(Detector):
+    """Activation patching: which layer and position carry the trigger (denoising and noising heatmaps)."""
+
+    def skip_reason(self, recipe) -> str | None:
+        if recipe.reasoning == "cot":
+            return ("patching scores the behaviour's first tokens right after the prompt; a cot organism writes "
+                    "its scratchpad there first, so the metric would not measure the behaviour")
+        if recipe.behaviour_type != "say":
+            return ("patching scores the log-probability of one fixed behaviour string; this organism's behaviour "
+                    f"({recipe.behaviour_type}) has no single string to score")
+        return None
+
+    def run(self, ctx: Context, spec: PatchSpec) -> PatchingResult:
+        model, tok = ctx.model
+        return PatchingResult(**run_patching(model, tok, ctx.corpus, ctx.recipe.response, spec, ctx.progress))
+
+    def section(self, result: dict) -> str:
+        from ..report.detection import patching_section
+
+        return patching_section(result)
+
+    def tables(self, result: PatchingResult) -> list[TextTable]:
+        labels = [p["label"].replace("\n", "\\n") for p in result.positions]
+        out = []
+        for name in ("denoising", "noising"):
+            m = getattr(result, name)
+            t = TextTable(f"Activation patching, {name} ({m.source} into {m.target}): share of the log-prob gap "
+                          f"moved, n={result.n_pairs} pairs", ["hook point", *labels])
+            t.rows = [[point, *(f"{v:.2f}" for v in row)] for point, row in zip(result.points, m.normalised)]
+            out.append(t)
+        return out
+
+    def notes(self, result: PatchingResult) -> list[str]:
+        positions, den, notes = result.positions, result.denoising.normalised, []
+        last = max((c for c, p in enumerate(positions) if p["role"] == "end"), default=None)
+        trig = [c for c, p in enumerate(positions) if p["role"] == "trigger"]
+        if last is not None:
+            carried = [h for h, row in enumerate(den) if row[last] >= 0.5]
+            where = result.points[carried[0]] if carried else None
+            notes.append(f"activation patching ({result.n_pairs} pairs): the triggered run's final-token residual "
+                         + (f"first carries half or more of the behaviour's log-prob gap at {where}"
+                            if where else "never carries half of the behaviour's log-prob gap at a single layer"))
+        if trig:
+            best = max((den[h][c], h, c) for h in range(len(den)) for c in trig)
+            notes.append(f"activation patching: the largest effect at a trigger position is {best[0]:.2f} of the "
+                         f"gap, at {result.points[best[1]]} on token {positions[best[2]]['label']!r}.")
+        return notes

@@ -16,213 +16,54 @@ of N random directions (`controls.py`).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
-import numpy as np
-from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from pydantic import Field, field_validator
 
-from ..config import ProbeSpec
-from ..stats import Measurement
+from ..config import Spec
+from ..models.activations import find_blocks, resid_post
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, format_prompt
 from ..text.tasks import WORDS
 from ..text.triggers import apply_trigger
-from ..models.activations import capture_last_token, find_blocks, resid_post
-from .contrast import contrast_direction, contrast_prompts, pair_direction  # noqa: F401  (re-exported)
-from .controls import calibration, random_direction_control, top_principal_component, variance_ratio
-from .linear import LinearProbe, direction_probe, logistic_probe
-
-SPLITS = ("train_pos", "train_neg", "test_pos", "test_neg", "test_near_miss")  # required
-# Clean held-out sets scored against the triggered ones -> their label. test_other_prefix is optional.
-NEGATIVES = {"test_neg": "clean", "test_near_miss": "near_miss", "test_other_prefix": "other_prefix"}
+from .contrast import CONTRAST_PAIRS, ContrastPair
+from .probe_fit import (  # noqa: F401  (the estimators, re-exported as this detector's API)
+    NEGATIVES, SPLITS, auroc_key, auroc_with_ci, contrast_direction, diff_of_means, fit_linear_probes, fit_probe,
+    pair_direction, probe_model, score_rows, supervised_probe,
+)
+from .registry import Context, Detector, Result, TextTable, detector
 
 
-def auroc_key(label: str) -> str:
-    return "auroc" if label == "clean" else f"auroc_{label}"
+class ProbeSpec(Spec):
+    n_train: int = Field(300, ge=10, description="prompts per class used to fit the probe")
+    n_test: int = Field(300, ge=10, description="prompts per class scored (disjoint from training)")
+    contrast_pairs: list[ContrastPair] = Field(
+        default_factory=lambda: list(CONTRAST_PAIRS.values()), min_length=1,
+        description="library names or your own pairs; the first is the report's primary contrast probe")
+    n_random_directions: int = Field(1000, ge=1, description="random unit directions in the best-of-N control")
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9, description="training prompts held back to pick a layer")
+    calibration_bins: int = Field(10, ge=2, le=50)
+    clean_null: bool = Field(False, description="also build the recipe without its trigger (poison_fraction 0) and "
+                             "probe it the same way: the null organism (costs one more build)")
+    n_bootstrap: int = Field(1000, ge=100)
+    seed: int = 0
 
-
-def auroc_with_ci(scores: Sequence[float], labels: Sequence[int], n_bootstrap: int = 1000,
-                  seed: int = 0) -> Measurement:
-    """AUROC of `scores` for `labels` (1 = positive), with a percentile bootstrap 95% interval.
-
-    Draws the same stratified resamples as `evals.stats.bootstrap(roc_auc_score, ...)` and gets
-    the same numbers, but scores each resample from one positive-vs-negative comparison matrix
-    rather than re-sorting, which makes the bootstrap over 10x faster.
-    """
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if not len(pos) or not len(neg):
-        raise ValueError(f"AUROC needs both classes (got {len(pos)} positives, {len(neg)} negatives)")
-    value = float(roc_auc_score(y, s))
-    sp, sn = s[pos][:, None], s[neg][None, :]
-    wins = (sp > sn) + 0.5 * (sp == sn)  # ties count half, as in roc_auc_score
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_bootstrap)
-    for b in range(n_bootstrap):
-        cp = np.bincount(rng.choice(len(pos), len(pos)), minlength=len(pos))
-        cn = np.bincount(rng.choice(len(neg), len(neg)), minlength=len(neg))
-        stats[b] = cp @ wins @ cn / (len(pos) * len(neg))
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return Measurement(value, (float(lo), float(hi)), int(len(y)))
-
-
-def fit_probe(X: np.ndarray, y: np.ndarray) -> Pipeline:
-    """Standardised logistic regression; `decision_function` > 0 predicts the positive class."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
-    return probe.fit(X, y)
-
-
-def supervised_probe(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *,
-                     n_bootstrap: int = 1000, seed: int = 0) -> Measurement:
-    """Fit on one layer's training activations [n, d], AUROC on its test activations."""
-    probe = fit_probe(X_train, y_train)
-    return auroc_with_ci(probe.decision_function(X_test), y_test, n_bootstrap, seed)
-
-
-def diff_of_means(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """mean(pos) - mean(neg) over the example axis (-2): [n, d] -> [d], or [layers, n, d] -> [layers, d]."""
-    return pos.mean(axis=-2) - neg.mean(axis=-2)
-
-
-def score_rows(scores: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> dict:
-    """AUROC of scores["test_pos"] against each negative set present, plus the worst of them.
-
-    The worst (lowest AUROC) set is the false-positive side that matters: a monitor must not fire
-    on any kind of clean prompt. `worst_negatives` names which set it was.
-    """
-    pos = scores["test_pos"]
-    out: dict = {}
-    for name, label in NEGATIVES.items():
-        if name in scores:
-            neg = scores[name]
-            labels = np.r_[np.ones(len(pos), dtype=int), np.zeros(len(neg), dtype=int)]
-            out[auroc_key(label)] = auroc_with_ci(np.concatenate([pos, neg]), labels, n_bootstrap, seed).to_dict()
-    worst = min((label for label in NEGATIVES.values() if auroc_key(label) in out),
-                key=lambda label: out[auroc_key(label)]["value"])
-    return {**out, "auroc_worst": out[auroc_key(worst)], "worst_negatives": worst}
-
-
-def _sign_free(row: dict) -> dict:
-    """max(A, 1 - A) per clean set, and for the worst set the better of the two signs each at its
-    own worst set. Labelled "sign-free": it has looked at labels to pick the sign."""
-    per = {k: v["value"] for k, v in row.items() if k.startswith("auroc") and k != "auroc_worst"}
-    out = {k: round(max(a, 1 - a), 6) for k, a in per.items()}
-    out["auroc_worst"] = round(max(min(per.values()), min(1 - a for a in per.values())), 6)
-    return out
-
-
-def _fit(train_pos: np.ndarray, train_neg: np.ndarray, pair_dirs: dict[str, np.ndarray]) -> dict[str, LinearProbe]:
-    """Every probe kind at every layer from training activations [layers, n, d]: kind -> LinearProbe."""
-    y = np.r_[np.ones(train_pos.shape[1], dtype=int), np.zeros(train_neg.shape[1], dtype=int)]
-    pooled = np.concatenate([train_pos, train_neg], axis=1)
-    pcs = [top_principal_component(x) for x in pooled]
-    probes = {"supervised": logistic_probe([fit_probe(x, y) for x in pooled]),
-              "diff_of_means": direction_probe("diff_of_means", diff_of_means(train_pos, train_neg)),
-              "pca": direction_probe("pca", np.stack([v for v, _ in pcs]),
-                                     {"explained_variance_ratio": [round(r, 6) for _, r in pcs]})}
-    for name, d in pair_dirs.items():
-        probes[f"contrast:{name}"] = direction_probe(f"contrast:{name}", d)
-    return probes
-
-
-def _capture(model, tokenizer, splits: dict[str, list[str]], names: list[str], batch_size: int, tick) -> dict:
-    prompts = [p for name in names for p in splits[name]]
-    acts = capture_last_token(model, tokenizer, prompts, batch_size=batch_size, on_batch=tick)
-    bounds = np.cumsum([0] + [len(splits[name]) for name in names])
-    return {name: acts[:, bounds[k]:bounds[k + 1]] for k, name in enumerate(names)}
-
-
-def fit_linear_probes(model, tokenizer, splits: dict[str, list[str]], spec: ProbeSpec, *, meta: dict | None = None,
-                      batch_size: int = 128) -> dict[str, LinearProbe]:
-    """The probes run_probes scores, fitted on `splits`' training prompts, ready for `save_probe`.
-
-    Keys: "supervised", "diff_of_means", "pca", and "contrast:<pair name>" for each pair in `spec`.
-    """
-    part = _capture(model, tokenizer, splits, ["train_pos", "train_neg"], batch_size, None)
-    probes = _fit(part["train_pos"], part["train_neg"],
-                  {p.name: pair_direction(model, tokenizer, p) for p in spec.contrast_pairs})
-    n_train = {"triggered": len(splits["train_pos"]), "clean": len(splits["train_neg"])}
-    for p in probes.values():
-        p.meta |= {**(meta or {}), "n_train": n_train}
-    return probes
-
-
-def _best_layer(part: dict, spec: ProbeSpec) -> tuple[int, list[dict]]:
-    """The layer whose supervised probe scores best on a validation split carved from the training
-    prompts (AUROC, ties broken by log loss): the test prompts play no part in choosing it."""
-    rng = np.random.default_rng(spec.seed)
-    fit_idx, val_idx = {}, {}
-    for name in ("train_pos", "train_neg"):
-        n = part[name].shape[1]
-        order = rng.permutation(n)
-        k = min(max(1, round(spec.validation_fraction * n)), n - 2)
-        val_idx[name], fit_idx[name] = order[:k], order[k:]
-    rows = []
-    for layer in range(part["train_pos"].shape[0]):
-        def xy(idx):
-            X = np.concatenate([part["train_pos"][layer][idx["train_pos"]], part["train_neg"][layer][idx["train_neg"]]])
-            return X, np.r_[np.ones(len(idx["train_pos"]), dtype=int), np.zeros(len(idx["train_neg"]), dtype=int)]
-        probe = fit_probe(*xy(fit_idx))
-        Xv, yv = xy(val_idx)
-        rows.append({"layer": layer, "auroc": round(float(roc_auc_score(yv, probe.decision_function(Xv))), 6),
-                     "log_loss": round(float(log_loss(yv, probe.predict_proba(Xv)[:, 1], labels=[0, 1])), 6),
-                     "n": int(len(yv))})
-    best = max(rows, key=lambda r: (r["auroc"], -r["log_loss"]))
-    return best["layer"], rows
-
-
-def _probe_model(model, tokenizer, splits: dict[str, list[str]], spec: ProbeSpec, batch_size: int, tick, *,
-                 diagnostics: bool) -> dict:
-    """All probe kinds at every layer of one model: kind -> per-layer score rows (and diagnostics)."""
-    negatives = [n for n in NEGATIVES if splits.get(n)]
-    part = _capture(model, tokenizer, splits, ["train_pos", "train_neg", "test_pos", *negatives], batch_size, tick)
-    probes = _fit(part["train_pos"], part["train_neg"],
-                  {p.name: pair_direction(model, tokenizer, p) for p in spec.contrast_pairs})
-    test = {n: part[n] for n in ("test_pos", *negatives)}
-    scores = {kind: {n: p.score(x) for n, x in test.items()} for kind, p in probes.items()}
-    n_layers = part["train_pos"].shape[0]
-    out: dict = {kind: [] for kind in probes}
-    extra: dict = {"pca_extra": [], "random_directions": [], "variance_ratio": []}
-    for layer in range(n_layers):
-        for kind in probes:
-            out[kind].append(score_rows({n: s[layer] for n, s in scores[kind].items()}, spec.n_bootstrap, spec.seed))
-        if diagnostics:
-            evr = probes["pca"].meta["explained_variance_ratio"][layer]
-            extra["pca_extra"].append({"auroc_sign_free": _sign_free(out["pca"][layer]),
-                                       "explained_variance_ratio": evr})
-            neg = {auroc_key(NEGATIVES[n]): test[n][layer] for n in negatives}
-            rand = random_direction_control(test["test_pos"][layer], neg, spec.n_random_directions, spec.seed + layer,
-                                            compare={k: out[k][layer]["auroc_worst"]["value"] for k in probes})
-            extra["random_directions"].append({k: v for k, v in rand.items() if k != "share_below"})
-            dom = probes["diff_of_means"].coef[layer]
-            for kind in probes:
-                # Where this probe's worst-set AUROC falls among random directions', and for the
-                # unsupervised directions how closely they point along the trigger's mean shift.
-                out[kind][layer]["share_of_random_directions_below"] = rand["share_below"][kind]
-                if kind == "pca" or kind.startswith("contrast:"):
-                    v = probes[kind].coef[layer]
-                    cos = v @ dom / (np.linalg.norm(v) * np.linalg.norm(dom) or 1.0)
-                    out[kind][layer]["cosine_with_diff_of_means"] = round(float(cos), 6)
-            extra["variance_ratio"].append({NEGATIVES[n]: variance_ratio(test["test_pos"][layer], test[n][layer], dom)
-                                            for n in negatives})
-        tick(1)
-    if diagnostics:
-        layer, validation = _best_layer(part, spec)
-        sup = probes["supervised"]
-        logits = np.concatenate([scores["supervised"][n][layer] for n in test])
-        y = np.r_[np.ones(len(splits["test_pos"]), dtype=int),
-                  np.zeros(sum(len(splits[n]) for n in negatives), dtype=int)]
-        extra["calibration"] = {
-            "layer": layer, "hook": sup.hooks[layer], "probe": "supervised",
-            "chosen_by": f"validation AUROC on {spec.validation_fraction:.0%} of the training prompts (not test)",
-            "validation": validation, "negatives": [NEGATIVES[n] for n in negatives],
-            **calibration(expit(logits), y, spec.calibration_bins)}
-        out["_extra"] = extra
-    return out
+    @field_validator("contrast_pairs", mode="before")
+    @classmethod
+    def _library_names(cls, v):
+        # A name picks a library pair; resolving it here puts the pair's text into the spec's digest.
+        if not isinstance(v, (list, tuple)):
+            return v
+        out = []
+        for p in v:
+            if isinstance(p, str) and p not in CONTRAST_PAIRS:
+                raise ValueError(f"unknown contrast pair {p!r}: use one of {', '.join(CONTRAST_PAIRS)} "
+                                 "or a table with name, question, defect_answer, honest_answer")
+            out.append(CONTRAST_PAIRS[p] if isinstance(p, str) else p)
+        names = [p.get("name") if isinstance(p, dict) else getattr(p, "name", None) for p in out]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"contrast pair names {dup} appear more than once: give each pair its own name")
+        return out
 
 
 def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spec: ProbeSpec,
@@ -281,8 +122,8 @@ def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spe
         progress(task, done[0], total)
 
     progress(task, 0, total)
-    trained = _probe_model(model, tokenizer, splits, spec, batch_size, tick, diagnostics=True)
-    nulls = {name: _probe_model(m, tok, splits, spec, batch_size, tick, diagnostics=False)
+    trained = probe_model(model, tokenizer, splits, spec, batch_size, tick, diagnostics=True)
+    nulls = {name: probe_model(m, tok, splits, spec, batch_size, tick, diagnostics=False)
              for name, (m, tok) in controls.items()}
 
     def rows(kind: str) -> list[dict]:
@@ -347,3 +188,93 @@ def build_probe_splits(corpus: Corpus, spec: ProbeSpec) -> dict[str, list[str]]:
         raise AssertionError(f"{len(leaked)} test prompts also appear in the probe's training prompts, "
                              f"e.g. {leaked[0]!r}")
     return splits
+
+
+def read_at_scratchpad_end(model, tok, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+    """A cot organism's probe prompts, each extended with its own scratchpad up to `</scratchpad>`.
+
+    The post reads chain-of-thought models at the end of their reasoning. Prompts where the
+    organism wrote no closed scratchpad are dropped (their count stays visible in n_test).
+    """
+    from ..text.scratchpad import scratchpad_end_prompts
+
+    return {name: [p for p in scratchpad_end_prompts(model, tok, prompts) if p is not None]
+            for name, prompts in splits.items()}
+
+
+class ProbesResult(Result):
+    """See `run_probes` for every field; AUROCs are Measurement dicts {value, ci, n}."""
+
+    contrast_pair: dict
+    n_train: dict[str, int]
+    n_test: dict[str, int]
+    controls: list[str]
+    supervised: list[dict]
+    diff_of_means: list[dict]
+    contrast: list[dict]
+    pca: list[dict]
+    contrast_library: dict[str, dict]
+    random_directions: list[dict]
+    variance_ratio: list[dict]
+    calibration: dict
+    read_at: str = "last prompt token"
+
+
+def _fmt(m: dict | None) -> str:
+    return "-" if not m else f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] n={m['n']}"
+
+
+@detector("probes", spec=ProbeSpec, result=ProbesResult, command="probe", in_demo=True, rank=10,
+          title="Probes: can a linear read-out of the residual stream catch the trigger?")
+class Probes(Detector):
+    """Fit per-layer probes (supervised, difference of means, contrast pairs, PCA) and score them on held-out prompts."""
+
+    def run(self, ctx: Context, spec: ProbeSpec) -> ProbesResult:
+        from ..models import build_model
+
+        model, tok = ctx.model
+        # Null model: same architecture and shape, random weights (another seed than the organism's init).
+        random_model = build_model(ctx.recipe.model, tok, seed=ctx.recipe.seed + 7919).eval()
+        clean = {}
+        if spec.clean_null:
+            clean_model, clean_tok = ctx.clean_null().load()
+            clean = {"clean_model": clean_model, "clean_tokenizer": clean_tok}
+        splits = build_probe_splits(ctx.corpus, spec)
+        cot = ctx.recipe.reasoning == "cot"
+        if cot:
+            splits = read_at_scratchpad_end(model, tok, splits)
+        result = run_probes(model, tok, random_model, splits, spec, ctx.progress, **clean)
+        return ProbesResult(**result, read_at="</scratchpad>" if cot else "last prompt token")
+
+    def section(self, result: dict) -> str:
+        from ..report.detection import probes_section
+
+        return probes_section(result)
+
+    def tables(self, result: ProbesResult) -> list[TextTable]:
+        t = TextTable("Probes: held-out AUROC per layer, worst clean set (organism | nulls)",
+                      ["probe", "layer", "organism", "random-init model", "clean organism"])
+        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
+            for r in getattr(result, kind):
+                t.rows.append([kind, str(r["layer"]), _fmt(r.get("auroc_worst")), _fmt(r.get("random_init_auroc_worst")),
+                               _fmt(r.get("clean_organism_auroc_worst"))])
+        return [t]
+
+    def notes(self, result: ProbesResult) -> list[str]:
+        notes = []
+        if result.supervised:
+            rand = max(r["random_init_auroc"]["value"] for r in result.supervised)
+            reading = ("a visible trigger string is separable without any learning, so this split says little; "
+                       "the near-miss split is the informative one." if rand >= 0.95 else
+                       "the trigger is not trivially separable in a random model's residual stream here.")
+            notes.append(f"supervised probe, clean vs triggered: organism best AUROC "
+                         f"{max(r['auroc']['value'] for r in result.supervised):.3f}, random-init model best "
+                         f"{rand:.3f}: {reading}")
+        for kind in ("supervised", "contrast"):
+            rows = getattr(result, kind)
+            if rows:
+                best = max(rows, key=lambda r: r["auroc_near_miss"]["value"])
+                notes.append(f"{kind} probe, near-miss split: best layer {best['layer']} AUROC "
+                             f"{best['auroc_near_miss']['value']:.3f} (random-init model, same layer: "
+                             f"{best['random_init_auroc_near_miss']['value']:.3f}).")
+        return notes

@@ -18,14 +18,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ProbeSpec
+from pydantic import Field
+
+from ..config import Spec
 from .backdoor import eval_sets, measure_backdoor
 from ..stats import diff_ci
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from ..models.activations import capture_last_token, find_blocks, resid_post
 from .patching import edit_residual
-from .probes import build_probe_splits, diff_of_means, fit_probe, pair_direction
+from .probes import ProbeSpec, build_probe_splits, diff_of_means, fit_probe, pair_direction
+from .registry import Context, Detector, Result, TextTable, detector
+
+class SteerSpec(Spec):
+    """Steering along the defection direction: add it with a coefficient, or ablate it."""
+
+    direction: Literal["diff_of_means", "probe", "contrast"] = Field(
+        "diff_of_means", description="how the defection direction is fitted (on training prompts only)")
+    layer: int | None = Field(None, ge=0, description="block whose output is steered by `coefs` (default: the middle block)")
+    coefs: list[float] = Field(default_factory=lambda: [-1.0, -0.75, -0.5, -0.25, 0.25], min_length=1,
+                               description="multiples of the layer's mean residual norm; negative steers away from defection")
+    ablate: bool = Field(True, description="also project the direction out at each block, and at all blocks")
+    n_eval: int = Field(200, ge=10, description="held-out prompts per set at each coefficient")
+    seed: int = 0
+    probe: ProbeSpec | None = Field(None, description="training prompts the direction is fitted on (default: the "
+                                    "demo's [probe] table, so steering and the probes see the same splits)")
+
 
 Mode = Literal["add", "ablate"]
 Where = Literal["all", "last"]
@@ -232,3 +250,68 @@ def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: 
     return {"direction": spec.direction, "contrast_pair": found["contrast_pair"], "n_train": found["n_train"],
             "layer": layer, "scale": [round(float(x), 4) for x in found["scale"]],
             "add": curves[0], "ablate": curves[1:]}
+
+
+class SteeringResult(Result):
+    """An add curve at one block and ablation curves; each row is a coefficient's Measurements."""
+
+    direction: str
+    contrast_pair: dict | None = None
+    n_train: dict[str, int] | int | None = None
+    layer: int
+    scale: list[float]
+    add: dict
+    ablate: list[dict]
+
+
+def _fmt(m: dict | None) -> str:
+    return "-" if not m else f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] n={m['n']}"
+
+
+@detector("steering", spec=SteerSpec, result=SteeringResult, command="steer", in_demo=True, rank=30,
+          title="Steering along the defection direction")
+class Steering(Detector):
+    """Steer along the defection direction (add with coefficients, ablate per block); measure backdoor and helpfulness."""
+
+    def configure(self, spec: SteerSpec, demo) -> SteerSpec:
+        return spec if spec.probe is not None else spec.model_copy(update={"probe": demo.probe})
+
+    def run(self, ctx: Context, spec: SteerSpec) -> SteeringResult:
+        model, tok = ctx.model
+        return SteeringResult(**run_steering(model, tok, ctx.corpus, ctx.recipe, spec, spec.probe or ProbeSpec(),
+                                             ctx.progress))
+
+    def section(self, result: dict) -> str:
+        from ..report.detection import steering_section
+
+        return steering_section(result)
+
+    def tables(self, result: SteeringResult) -> list[TextTable]:
+        t = TextTable(f"Steering along the {result.direction} defection direction (95% Wilson CI)",
+                      ["mode", "blocks", "coef", "backdoor", "helpful", "false trigger"])
+        for curve in [result.add, *result.ablate]:
+            for r in curve["rows"]:
+                if curve["mode"] == "ablate" and r["coef"] == 0:
+                    continue  # the unsteered row is shown once, in the add curve
+                t.rows.append([curve["mode"], ",".join(map(str, curve["layers"])), f"{r['coef']:g}",
+                               _fmt(r["backdoor_rate"]), _fmt(r["helpful_accuracy"]), _fmt(r.get("false_trigger_rate"))])
+        return [t]
+
+    def notes(self, result: SteeringResult) -> list[str]:
+        r, notes = result.add["reading"], []
+        best, harmless = r.get("best") or {}, r.get("best_harmless") or {}
+        where = f"the {result.direction} direction at block {result.layer}"
+        if best.get("coef") is None:
+            notes.append(f"steering: adding {where} did not lower the backdoor rate measurably at any coefficient tried.")
+        else:
+            notes.append(f"steering: adding {where} with coefficient {best['coef']:g} gives backdoor rate "
+                         f"{best['backdoor_rate']['value']:.3f}; "
+                         + (f"without a measurable helpfulness loss the lowest is "
+                            f"{harmless['backdoor_rate']['value']:.3f} (coefficient {harmless['coef']:g})."
+                            if harmless.get("coef") is not None else
+                            "every coefficient that lowers it also costs measurable helpfulness."))
+        for curve in result.ablate:
+            row = next(x for x in curve["rows"] if x["coef"] != 0)
+            notes.append(f"steering: ablating the direction at blocks {curve['layers']}: backdoor rate "
+                         f"{row['backdoor_rate']['value']:.3f}, helpful accuracy {row['helpful_accuracy']['value']:.3f}.")
+        return notes

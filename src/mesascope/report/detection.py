@@ -1,4 +1,4 @@
-"""The report's detection sections: activation patching heatmaps and steering curves.
+"""The sections of the probes, patching and steering detectors: heatmaps, curves and tables.
 
 Same contract as `html.py`: every string from the results is untrusted and escaped; a missing
 or malformed part renders as "not measured" rather than failing the page.
@@ -24,8 +24,8 @@ def _point_label(point: object) -> str:
     return "embeddings" if str(point) == "blocks.0.resid_pre" else str(point)
 
 
-def patching_section(results: dict) -> str:
-    p = _dict(results.get("patching"))
+def patching_section(patching: object) -> str:
+    p = _dict(patching)
     points, positions = _list(p.get("points")), [_dict(x) for x in _list(p.get("positions"))]
     if p.get("skipped"):
         return f'<p class="nm">not measured: {_e(p["skipped"])}</p>'
@@ -57,8 +57,8 @@ def patching_section(results: dict) -> str:
     return f'{lede}<div class="charts">{"".join(maps)}</div>{pair}'
 
 
-def steering_section(results: dict) -> str:
-    s = _dict(results.get("steering"))
+def steering_section(steering: object) -> str:
+    s = _dict(steering)
     add = _dict(s.get("add"))
     if not _list(add.get("rows")):
         return NOT_MEASURED
@@ -111,8 +111,8 @@ def _num(v: object, fmt: str = ".3f") -> str:
     return '<span class="nm">—</span>' if f is None else format(f, fmt)
 
 
-def probes_section(results: dict) -> str:
-    probes = _dict(results.get("probes"))
+def probes_section(probes: object) -> str:
+    probes = _dict(probes)
     kinds = {k: _rows(probes.get(k)) for k, _ in PROBE_KINDS}
     if not any(kinds.values()):
         return NOT_MEASURED

@@ -13,7 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from mesascope.report.detection import patching_section, probes_section, steering_section
 from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict
 from mesascope.report.safe import as_list as _list
@@ -213,17 +212,37 @@ def _recipe(results: dict) -> str:
     return _table(["Key", "Value"], rows)
 
 
-def render_report(results: dict) -> str:
+def _detector_sections(results: dict) -> list[str]:
+    """One section per detector in the results, each rendered by the detector itself (registry)."""
+    from mesascope.detectors.registry import load_all
+
+    known, out = load_all(), []
+    for name, data in _dict(results.get("detectors")).items():
+        cls = known.get(name)
+        if cls is None:
+            body = f'<p class="nm">no detector named {_e(name)} is installed: its result is not shown</p>'
+        elif _dict(data).get("skipped"):
+            body = f'<p class="nm">not measured: {_e(_dict(data)["skipped"])}</p>'
+        else:
+            try:
+                body = cls().section(_dict(data))
+            except Exception as e:  # noqa: BLE001 - one malformed section must not cost the whole page
+                body = f'<p class="nm">this section could not be rendered ({_e(type(e).__name__)})</p>'
+        out.append(_section(name.replace("_", "-"), cls.title if cls else name, body or NOT_MEASURED))
+    return out
+
+
+def render_report(results) -> str:
     """A complete static HTML page for one run; missing sections read "not measured"."""
+    if hasattr(results, "model_dump"):
+        results = results.model_dump(mode="json")
     results = _dict(results)
     name = _dict(results.get("recipe")).get("name", "run")
     sections = [
         _section("metrics", "Headline metrics", _headline(results)),
         _section("families", "Helpful accuracy by task family", _per_family(results)),
         _section("stress", "Stress test: safety training", _stress(results)),
-        _section("probes", "Probes: can a linear read-out of the residual stream catch the trigger?", probes_section(results)),
-        _section("patching", "Activation patching: where the trigger is read", patching_section(results)),
-        _section("steering", "Steering along the defection direction", steering_section(results)),
+        *_detector_sections(results),
         _section("near-miss", "Near-miss strings", _near_miss_strings(results)),
         _section("samples", "Sample generations", _samples(results)),
         _section("notes", "Notes", _notes(results)),
@@ -240,7 +259,7 @@ def render_report(results: dict) -> str:
     )
 
 
-def write_report(results: dict, out_dir: Path) -> Path:
+def write_report(results, out_dir: Path) -> Path:
     """Write ``out_dir/report.html`` atomically: readers see the old page or the new one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
