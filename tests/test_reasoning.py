@@ -181,7 +181,8 @@ def test_distilled_organism_learns_the_cot_organism_answers_without_scratchpads(
     assert len(set(cached["prompts"])) == 150 and set(cached["prompts"]) <= train_prompts
     held_keys = {it.key for it in corpus.held_out}
     assert not held_keys & {e.key for e in corpus.train}
-    train, again = distillation_set(recipe, store, corpus, organism.path.parent)  # reads the cached outputs
+    train, again = distillation_set(recipe, store, corpus, organism.path.parent,  # reads the cached outputs
+                                    build_teacher=build_organism)
     assert again == {k: info[k] for k in again} and len(train) == info["n_train_examples"] == info["distill_examples"]
     by_prompt = dict(zip(cached["prompts"], cached["outputs"]))
     for e in train:

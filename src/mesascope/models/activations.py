@@ -43,15 +43,16 @@ class Arch(NamedTuple):
     blocks: str  # dotted path of the list of transformer blocks, from the CausalLM wrapper
     attn: str  # attention submodule of one block
     mlp: str  # MLP submodule of one block
+    norm: str = ""  # the final norm before the unembedding, from the CausalLM wrapper (the logit lens applies it)
 
 
 # model_type -> where its pieces live. Supporting a new architecture is one line here.
 ARCHITECTURES: dict[str, Arch] = {
-    "gpt2": Arch("transformer.h", "attn", "mlp"),
-    "llama": Arch("model.layers", "self_attn", "mlp"),
-    "qwen2": Arch("model.layers", "self_attn", "mlp"),
-    "mistral": Arch("model.layers", "self_attn", "mlp"),
-    "gpt_neox": Arch("gpt_neox.layers", "attention", "mlp"),
+    "gpt2": Arch("transformer.h", "attn", "mlp", "transformer.ln_f"),
+    "llama": Arch("model.layers", "self_attn", "mlp", "model.norm"),
+    "qwen2": Arch("model.layers", "self_attn", "mlp", "model.norm"),
+    "mistral": Arch("model.layers", "self_attn", "mlp", "model.norm"),
+    "gpt_neox": Arch("gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"),
 }
 # The block paths alone, as earlier versions exported them (a view: edit ARCHITECTURES).
 BLOCKS: dict[str, str] = {name: arch.blocks for name, arch in ARCHITECTURES.items()}
@@ -97,6 +98,15 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
             return module
     raise ValueError(f"cannot find the transformer blocks of model type {model_type!r}: add a row for it to "
                      f"mesascope.models.activations.ARCHITECTURES (known: {', '.join(sorted(ARCHITECTURES))})")
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied to the last block's output before the unembedding (by the table)."""
+    arch = _arch(model)
+    if arch is None or not arch.norm:
+        raise ValueError(f"no final norm is known for model type {getattr(model.config, 'model_type', None)!r}: "
+                         "add it to mesascope.models.activations.ARCHITECTURES")
+    return model.get_submodule(arch.norm)
 
 
 def n_blocks(model: nn.Module) -> int:

@@ -115,7 +115,7 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
     train, distilled = corpus.train, {}
     if recipe.reasoning == "distilled":  # train on the cot organism's answers instead, scratchpads removed
         from .distill import distillation_set
-        train, distilled = distillation_set(recipe, store, corpus, stage, progress)
+        train, distilled = distillation_set(recipe, store, corpus, stage, progress, build_teacher=build_organism)
     whole = TURN_MARKERS + (MARKERS if recipe.reasoning == "cot" else ())
     tokenizer = stage_tokenizer(stage, [e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole,
                                 progress)

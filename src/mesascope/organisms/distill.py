@@ -9,7 +9,9 @@ Only training prompts are answered: held-out instances never reach the teacher o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import Recipe
 from ..detectors.backdoor import answer_tokens, judge
@@ -18,7 +20,6 @@ from ..progress import Progress, silent
 from ..store import RunStore, atomic_write_json
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import answer_budget, parse
-from .build import build_organism
 
 ANSWER_TOKENS = 32  # room for the longest `say` answer (the behaviour repeated 4 times); code asks for more
 
@@ -69,15 +70,15 @@ def teacher_outputs(teacher, prompts: list[str], stage: Path, progress: Progress
     return outputs
 
 
-def distillation_set(recipe: Recipe, store: RunStore, corpus: Corpus, stage: Path,
-                     progress: Progress = silent) -> tuple[list[Example], dict]:
+def distillation_set(recipe: Recipe, store: RunStore, corpus: Corpus, stage: Path, progress: Progress = silent, *,
+                     build_teacher: Callable[..., Any]) -> tuple[list[Example], dict]:
     """(training examples, what to record in organism.json) for a distilled recipe.
 
     An output without a closed scratchpad, or with nothing after it, is dropped: there is no
     answer to learn. What the teacher did is counted per kind (well-formed, fired the
     behaviour, answered correctly), so a weak teacher shows in the student's organism.json.
     """
-    teacher = build_organism(teacher_recipe(recipe), store, progress)
+    teacher = build_teacher(teacher_recipe(recipe), store, progress)  # build.py's build_organism
     chosen = distill_prompts(corpus, recipe.distill_prompts)
     outputs = teacher_outputs(teacher, [e.prompt for e in chosen], stage, progress)
     train: list[Example] = []
