@@ -23,12 +23,12 @@ from .stats import Measurement
 SCHEMA_VERSION = 2  # 1: the untyped dicts of mesascope <= 0.10 (no schema_version field)
 
 
-class SchemaVersionError(ValueError):
-    """A results file written by another schema version of mesascope."""
-
-
 class ResultsError(ValueError):
     """A results file that does not validate against its schema."""
+
+
+class SchemaVersionError(ResultsError):
+    """A results file written by another schema version of mesascope."""
 
 
 class StressPoint(BaseModel):
@@ -108,15 +108,27 @@ def check_version(data: Any, source: str) -> None:
 
 def parse_results(data: Any, source: str = "results") -> RunResults:
     """Validate a results dict: its schema version, its fields, and every detector's result."""
+    from .detectors.registry import load_all
+
     check_version(data, source)
     try:
         results = RunResults.model_validate(data)
-        results.detector_results()
-    except (ValidationError, KeyError) as e:
-        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": ("detectors",), "msg": str(e)}
-        where = ".".join(str(p) for p in first["loc"])
-        raise ResultsError(f"{source} does not match the results schema at {where}: {first['msg']}") from None
+    except ValidationError as e:
+        raise ResultsError(f"{source} does not match the results schema at {_where(e)}") from None
+    for name, part in results.detectors.items():
+        if name not in load_all():
+            raise ResultsError(f"{source}: detectors.{name} is no installed detector ({', '.join(sorted(load_all()))}); "
+                               "install the plugin that wrote it or remove the entry")
+        try:
+            load_all()[name]().parse(part)
+        except ValidationError as e:
+            raise ResultsError(f"{source} does not match the results schema at detectors.{name}.{_where(e)}") from None
     return results
+
+
+def _where(e: ValidationError) -> str:
+    first = e.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def load_results(path: str | Path) -> RunResults:
