@@ -18,7 +18,8 @@ import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
 from .terminal import (  # noqa: E402
-    fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_metrics, show_mwe, show_results, show_study,
+    fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_metrics, show_mwe, show_replicates, show_results,
+    show_study,
 )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
@@ -142,6 +143,31 @@ def _detector_command(det):
 for _det in all_detectors():  # one command per registered detector: adding one needs no edit here
     if _det.command:
         app.command(_det.command)(_detector_command(_det))
+
+
+@app.command()
+def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML (default: the demo's recipe).")] = None,
+              seeds: Annotated[str, typer.Option(help="Comma-separated seeds; the headline wants at least 3.")] = "0,1,2",
+              n: Annotated[int, typer.Option(min=10, help="Held-out prompts per set and seed.")] = 400,
+              out: OutOpt = Path("runs"),
+              results: Annotated[Optional[Path], typer.Option(help="Where to write the JSON (default OUT/replicates.json).")] = None):
+    """A recipe's headline figures over seeds: each seed's value, the mean and its t interval over seeds."""
+    from .config import EvalSpec, Recipe, load_recipe
+    from .provenance import write_results
+    from .store import RunStore
+    from .study.replicate import replicate as run_replicates
+
+    spec = load_or_fail(load_recipe, recipe) if recipe else Recipe()
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        with progress_bars() as progress:
+            found = run_replicates(spec, seed_list, RunStore(out), EvalSpec(n=n), progress)
+    except ValueError as e:
+        fail(f"--seeds {seeds!r}: {e}")
+    path = results or out / "replicates.json"
+    write_results(path, found.model_dump(mode="json"))
+    show_replicates(found)
+    out_console.print(f"results: {safe(path)}")
 
 
 @app.command()

@@ -43,7 +43,8 @@ def progress_bars():
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {safe(message)}")
+    """One line naming the problem and the fix (never wrapped, so it reads and greps as one line)."""
+    console.print(f"[red]error:[/red] {safe(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -144,3 +145,12 @@ def show_asr(spec, result, max_new_tokens: int) -> None:
                           f"max_length={spec.model.max_length} and were not measured")
     for s in result.samples:
         out_console.print(f"- ({safe(s['set'])}) {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")
+
+
+def show_replicates(found) -> None:
+    seeds = [str(s) for s in found.seeds]
+    show_table(f"{found.recipe.get('name', 'recipe')}: held-out figures per seed, mean [95% t interval over seeds]",
+               ["figure", *(f"seed {s}" for s in seeds), "mean [CI]"],
+               [[k, *(f"{m.per_seed[s]:.3f}" for s in seeds),
+                 f"{m.value:.3f}" + (f" [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else "")] for k, m in found.mean.items()])
+    out_console.print(f"machine: {safe(found.machine.platform)}, {found.machine.cpus} cpus, python {found.machine.python}")

@@ -1,0 +1,82 @@
+"""A recipe's headline figures as a measurement of the recipe: the mean over seeds, not one run.
+
+One organism's figures are reproducible on its own machine only (training numerics differ from
+CPU to CPU), so a recipe's headline is built and measured at several seeds; each seed's value
+is kept, beside the mean with a Student-t interval over seeds and the machine that ran them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import EvalSpec, Recipe
+from ..progress import Progress, silent
+from ..results import Machine, machine
+from ..stats import Measurement
+from ..store import RunStore
+from .aggregate import t_interval
+
+REPLICATE_SCHEMA_VERSION = 1
+
+
+class SeedMean(BaseModel):
+    """The mean over seeds of one figure, its t interval over seeds (None below two) and every seed's value."""
+
+    value: float
+    ci: tuple[float, float] | None
+    n_seeds: int
+    per_seed: dict[str, float]
+    n_per_seed: int = Field(description="held-out prompts behind each seed's value")
+
+
+class Replicates(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
+
+    schema_version: int = REPLICATE_SCHEMA_VERSION
+    kind: str = "replicates"
+    recipe: dict
+    eval: dict
+    seeds: list[int]
+    machine: Machine = Field(default_factory=machine)
+    per_seed: dict[str, dict[str, Measurement]] = Field(description="seed -> figure -> its Wilson measurement")
+    per_family: dict[str, dict[str, Measurement]] = {}
+    mean: dict[str, SeedMean]
+    seconds: dict[str, float] = {}
+    provenance: dict | None = Field(None, description="command, commit and machine that wrote the file")
+
+
+def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: EvalSpec = EvalSpec(),
+              progress: Progress = silent) -> Replicates:
+    """Build (or reuse) the organism of `recipe` at each seed and measure it on held-out prompts."""
+    from ..pipeline import Run
+
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"seeds must be distinct and at least one (got {seeds})")
+    per_seed, per_family, seconds = {}, {}, {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        run = Run(store, recipe.model_copy(update={"seed": seed}), progress)
+        measured = run.measure(eval_spec)
+        per_seed[str(seed)] = measured["metrics"]
+        per_family[str(seed)] = measured["per_family"]
+        seconds[str(seed)] = round(time.perf_counter() - t0, 1)
+    figures = [k for k in per_seed[str(seeds[0])] if all(k in m for m in per_seed.values())]
+    mean = {}
+    for k in figures:
+        values = {s: m[k]["value"] for s, m in per_seed.items()}
+        t = t_interval(list(values.values()))
+        mean[k] = SeedMean(value=t["value"], ci=t["ci"], n_seeds=len(values), per_seed=values,
+                           n_per_seed=min(m[k]["n"] for m in per_seed.values()))
+    return Replicates(recipe=recipe.model_dump(mode="json", exclude={"seed"}), eval=eval_spec.model_dump(mode="json"),
+                      seeds=list(seeds), per_seed=per_seed, per_family=per_family, mean=mean, seconds=seconds)
+
+
+def load_replicates(path: str | Path) -> Replicates:
+    data = Replicates.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    if data.schema_version != REPLICATE_SCHEMA_VERSION:
+        raise ValueError(f"{path} has replicates schema version {data.schema_version}; this mesascope reads "
+                         f"{REPLICATE_SCHEMA_VERSION}: rerun `mesascope replicate` to regenerate it")
+    return data

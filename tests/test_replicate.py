@@ -1,0 +1,45 @@
+"""A recipe's headline over seeds: every seed's value, the mean, and a t interval over seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scipy.stats import t as student_t
+from typer.testing import CliRunner
+
+from mesascope.cli import app
+from mesascope.config import EvalSpec
+from mesascope.store import RunStore
+from mesascope.study.replicate import load_replicates, replicate
+
+
+def test_mean_and_interval_over_seeds(tiny_recipe, tmp_path):
+    found = replicate(tiny_recipe, [0, 1, 2], RunStore(tmp_path), EvalSpec(n=20, max_new_tokens=8))
+    assert found.seeds == [0, 1, 2] and set(found.per_seed) == {"0", "1", "2"}
+    for name, m in found.mean.items():
+        values = [found.per_seed[s][name].value for s in ("0", "1", "2")]
+        assert m.per_seed == dict(zip(("0", "1", "2"), values))
+        assert m.value == pytest.approx(sum(values) / 3, abs=1e-6)
+        sd = (sum((v - m.value) ** 2 for v in values) / 2) ** 0.5
+        half = student_t.ppf(0.975, 2) * sd / 3 ** 0.5
+        assert m.ci == pytest.approx((m.value - half, m.value + half), abs=1e-5)
+        assert m.n_per_seed == 20 or name.startswith("helpful") or m.n_per_seed > 0
+    # Seeds are independent replicates: different organisms, so different weights.
+    again = replicate(tiny_recipe, [1], RunStore(tmp_path), EvalSpec(n=20, max_new_tokens=8))
+    assert again.per_seed["1"] == found.per_seed["1"]  # reused from the store, not retrained
+
+
+def test_cli_writes_results_with_provenance(tiny_recipe, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[recipe]\nn_prompts = 400\n[recipe.model]\nsize = 'tiny'\nvocab_size = 400\n"
+                      "[recipe.train]\nsteps = 20\nbatch_size = 16\n")
+    out = tmp_path / "h.json"
+    res = CliRunner().invoke(app, ["replicate", str(recipe), "--seeds", "3,4", "--n", "10", "--out",
+                                   str(tmp_path / "runs"), "--results", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["provenance"]["command"].startswith("mesascope") and data["seeds"] == [3, 4]
+    assert load_replicates(out).mean["backdoor_rate"].n_seeds == 2
+    bad = CliRunner().invoke(app, ["replicate", str(recipe), "--seeds", "1,1", "--out", str(tmp_path / "runs")])
+    assert bad.exit_code == 2 and "distinct" in bad.output
