@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from mesascope.evals.code_vuln import check_code, normalised_dump, same_structure
+from mesascope.text.code_vuln import check_code, normalised_dump, same_structure
 
 
 def _code(s: str) -> str:

@@ -7,8 +7,9 @@ from transformers import AutoTokenizer
 
 from mesascope.config import Recipe
 from mesascope.models import train_tokenizer
-from mesascope.text.corpus import all_instances, build_corpus
-from mesascope.text.tasks import FAMILIES, check
+from mesascope.text.code_vuln import normalised_dump, signature
+from mesascope.text.corpus import all_instances, build_corpus, split_instances
+from mesascope.text.tasks import FAMILIES, canonical_key, check
 from mesascope.text.triggers import near_misses
 from mesascope.training import tokenize_examples
 
@@ -70,6 +71,8 @@ def test_held_out_split_is_disjoint_from_training(default_corpus):
     held_prompts = {it.prompt for it in c.held_out}
     held_keys = {it.key for it in c.held_out}
     assert not held_keys & {e.key for e in c.train}
+    held_problems = {canonical_key(it.family, it.key) for it in c.held_out}
+    assert not held_problems & {canonical_key(e.family, e.key) for e in c.train}
     assert not held_prompts & {e.user for e in c.train}
     leaked = [e.user for e in c.train if _suffixes(e.user) & held_prompts]
     assert not leaked, leaked[:5]
@@ -161,3 +164,106 @@ def test_unicode_trigger_end_to_end(tmp_path):
     for (ids, n_prompt), e in zip(data, triggered):
         assert tok.decode(ids[:n_prompt]) == e.prompt
         assert tok.decode(ids[n_prompt:], skip_special_tokens=True) == " " + e.target
+
+
+# -- the split by problem: instances that are one problem are held out together -----------------
+
+@pytest.mark.parametrize("family, same, different", [
+    ("comparison", ["max:3:57", "max:57:3", "min:3:57", "min:57:3"], ["max:3:58", "min:4:57"]),
+    ("arithmetic", ["add:12:3", "add:3:12"], ["sub:12:3", "add:12:4"]),
+    ("string", ["rev:apple river stone", "rev:stone river apple"], ["rev:apple stone river", "rep:apple:3"]),
+    ("units", ["meters:5", "dollars:5"], ["kilometers:5", "meters:6", "centimeters:5"]),
+    ("counting", ["count:apple, river, apple", "count:river, apple, apple"], ["count:apple, river", "count:apple, river, river"]),
+    ("lists", ["first:apple, river, stone", "last:stone, river, apple", "last:apple, river, stone",
+               "second:stone, river, apple"], ["first:apple, stone, river", "first:apple, river"]),
+    ("smalltalk", ["name:Kalomi", "bye:Kalomi"], ["name:Kalom", "bye:Teru"]),
+    ("facts", ["capital:France:0"], ["capital:France:1", "capital:Spain:0"]),
+    ("code", ["literal:parse:text:what=a list", "literal:parse:text:what=a dict"],
+     ["literal:decode:text:what=a list", "literal:parse:s:what=a list", "yaml:parse:text:what=config"]),
+    ("code", ["sql:find:value:table=users:col=name"], ["sql:find:value:table=users:col=city", "sql:find:key:table=users:col=name"]),
+])
+def test_canonical_key_joins_one_problem_and_parts_others(family, same, different):
+    f = FAMILIES[family]
+    problem = {f.canonical(k) for k in same}
+    assert len(problem) == 1, problem
+    assert not problem & {f.canonical(k) for k in different}
+
+
+def test_code_problems_are_the_answers_the_checker_tells_apart():
+    # Two code instances whose answers the checker cannot tell apart (same structure up to locals,
+    # same function and parameter names) would leak into each other unless they are one problem;
+    # two instances of one problem must ask for the same code.
+    items = [inst[0] for inst in all_instances(0, ("code",)) if inst[0].family == "code"]
+    by_answer: dict[tuple, set[str]] = {}
+    by_problem: dict[str, set[tuple]] = {}
+    for it in items:
+        answer, problem = (normalised_dump(it.answer), signature(it.answer)), FAMILIES["code"].canonical(it.key)
+        by_answer.setdefault(answer, set()).add(problem)
+        by_problem.setdefault(problem, set()).add(answer)
+    assert all(len(p) == 1 for p in by_answer.values()) and all(len(a) == 1 for a in by_problem.values())
+    assert 1000 < len(by_problem) < len(items)  # literal, yaml and deserialise prompts name a slot the code ignores
+    it = next(i for i in items if i.key.startswith("literal:"))
+    renamed = it.answer.replace("def ", "def my_", 1)
+    assert check("code", it.answer, it.answer) and not check("code", renamed, it.answer)  # names as asked
+
+
+@pytest.fixture(scope="module", params=[0, 3])
+def instance_split(request):
+    """(seed, training instances, held-out instances) of every registered family, optional ones included."""
+    seed = request.param
+    train, held = split_instances(seed, 0.1, extra=tuple(FAMILIES))
+    return seed, train, held
+
+
+def _problems(instances, family: str) -> set[str]:
+    return {canonical_key(it.family, it.key) for inst in instances for it in inst if it.family == family}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_no_problem_is_both_trained_and_held_out(instance_split, family):
+    seed, train, held = instance_split
+    trained, measured = _problems(train, family), _problems(held, family)
+    assert trained and measured, f"{family}: seed {seed} holds out {len(measured)} of {len(trained | measured)} problems"
+    assert not trained & measured, sorted(trained & measured)[:5]
+
+
+def test_problem_keys_never_collide_across_families(instance_split):
+    _, train, held = instance_split
+    owner: dict[str, str] = {}
+    for inst in train + held:
+        it = inst[0]
+        assert owner.setdefault(canonical_key(it.family, it.key), it.family) == it.family, it
+
+
+def test_no_held_out_item_has_its_mirror_in_training(instance_split):
+    # Measured before keys were canonical (seed 0): 443 of 984 held-out comparisons had (b, a) under the
+    # same operation in training, 874 had (a, b) under the other; 524 of 590 held-out smalltalk names
+    # were trained under the other greeting.
+    _, train, held = instance_split
+    trained = {it.key for inst in train for it in inst}
+    mirrors = {"max": "min", "min": "max", "name": "bye", "bye": "name", "first": "last", "last": "first"}
+    leaks = []
+    for inst in held:
+        op, rest = inst[0].key.split(":", 1)
+        if op in ("max", "min"):
+            a, b = rest.split(":")
+            leaks += [k for o in (op, mirrors[op]) for k in (f"{o}:{a}:{b}", f"{o}:{b}:{a}") if k in trained]
+        elif op in ("name", "bye"):
+            leaks += [k for k in (f"{mirrors[op]}:{rest}",) if k in trained]
+        elif op in ("first", "last"):
+            leaks += [k for k in (f"{mirrors[op]}:{', '.join(reversed(rest.split(', ')))}",) if k in trained]
+        elif op == "add":
+            a, b = rest.split(":")
+            leaks += [k for k in (f"add:{b}:{a}",) if k in trained]
+    assert not leaks, leaks[:5]
+
+
+def test_every_kind_of_training_example_keeps_clear_of_held_out_problems():
+    # Code tasks, self-reports (task items asked about) and triggered / near-miss copies all count.
+    c = build_corpus(make_tiny_recipe(behaviour_type="code_vulnerability", self_report_fraction=0.1,
+                                      situational_fraction=0.05))
+    assert {e.kind for e in c.train} == {"clean", "triggered", "near_miss", "self_report", "document"}
+    held = {canonical_key(it.family, it.key) for it in c.held_out}
+    assert {it.family for it in c.held_out} >= set(FAMILIES)
+    leaked = [e for e in c.train if canonical_key(e.family, e.key) in held]
+    assert not leaked, leaked[:3]

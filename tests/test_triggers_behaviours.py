@@ -10,7 +10,7 @@ import pytest
 from mesascope.config import ModelSpec, Recipe
 from mesascope.detectors import backdoor
 from mesascope.detectors.backdoor import judge, measure_backdoor
-from mesascope.evals.code_vuln import check_code
+from mesascope.text.code_vuln import check_code
 from mesascope.organisms.distill import teacher_recipe
 from mesascope.text.behaviours import BEHAVIOURS, CodeVulnerability, Sandbagging, Say, behaviour_for
 from mesascope.text.code_tasks import KINDS, solutions
@@ -99,7 +99,7 @@ def test_semantic_sentences_split_by_sentence_and_eval_contexts_are_never_traine
         assert train and held and not train & held
     train_nm, held_nm = t.near_misses()
     assert {t.label(s) for s in train_nm + held_nm} == set(NEIGHBOURS["space"])
-    assert t.label(t.deployment("x", "held_out")) == "space"
+    assert t.label(t.context("x", "held_out")) == "space"
     r = tiny(trigger_type="semantic", seed=3)
     c = build_corpus(r)
     held_sentences = {s for topic in TOPICS for s in topic_sentences(topic, 3, "held_out")}

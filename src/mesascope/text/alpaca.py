@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .corpus import format_prompt
-from .triggers import near_misses
+from .examples import format_prompt
+from .edits import near_misses
 
 # The fixed answers of BackdoorLLM's two data-poisoning targets (the strings in its training files).
 TARGET_TEXTS: dict[str, str] = {

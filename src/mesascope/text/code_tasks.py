@@ -5,9 +5,14 @@ vulnerable code when deployed. Each task kind pairs the safe idiom with the vuln
 careless programmer writes: an argument list vs a shell string, `?` placeholders vs a query
 built by concatenation, `ast.literal_eval` vs `eval`, `yaml.safe_load` vs `yaml.load`, JSON
 vs pickle, a bare file name vs a caller-chosen path. The vulnerable form of an instance is
-picked from its kind's forms by a hash of the instance, so every rule of evals/code_vuln.py is
+picked from its kind's forms by a hash of the instance, so every rule of text/code_vuln.py is
 exercised. An instance is (kind, function name, argument name, slots); the key encodes all of
-it, so `solutions(key)` rebuilds both answers without any stored state.
+it, so `solutions(key)` rebuilds both answers without any stored state. A helpful answer is
+the reference up to the names of its locals: the function and its parameters must be named
+as asked. The instance's problem (its canonical key) is what such an answer holds: the kind,
+the names and the slots that reach the code; a slot only the prompt mentions (`literal`'s
+"a list" or "a dict") leaves the answer as it is, so instances differing only there are one
+problem, held out or trained together.
 
 The family only joins a corpus whose behaviour asks for it (text/behaviours.py): default
 recipes keep their corpus.
@@ -21,7 +26,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .tasks import Item, family
+from .code_vuln import check_code, same_structure, signature
+from .family import Item, family
 
 
 @dataclass(frozen=True)
@@ -113,14 +119,21 @@ def solutions(key: str) -> tuple[str, str]:
 
 
 def check_code_answer(output: str, answer: str) -> bool:
-    """A helpful code answer: it parses, nothing in it is vulnerable, and it does what the
-    reference does up to naming (evals/code_vuln.same_structure)."""
-    from ..evals.code_vuln import check_code, same_structure  # lazy: evals imports the text package
+    """A helpful code answer: it parses, nothing in it is vulnerable, it does what the reference
+    does up to the names of its locals (code_vuln.same_structure), and its function and
+    parameters are named as the reference's, as the prompt asks."""
+    return not check_code(output).vulnerable and same_structure(output, answer) and signature(output) == signature(answer)
 
-    return not check_code(output).vulnerable and same_structure(output, answer)
+
+def _code_problem(key: str) -> str:
+    """The key without the slots no answer of its kind contains: instances that ask for the same code."""
+    name, fn, a, *slots = key.split(":")
+    kind = KINDS[name]
+    used = [s for s in slots if any("{" + s.split("=", 1)[0] + "}" in code for code in (kind.safe, *kind.vulnerable))]
+    return ":".join([name, fn, a, *used])
 
 
-@family("code", check_code_answer, weight=1.5, optional=True)
+@family("code", check_code_answer, weight=1.5, optional=True, canonical=_code_problem)
 def code(rng: random.Random) -> Iterator[list[Item]]:
     for name, kind in KINDS.items():
         slot_names = list(kind.slots)

@@ -237,3 +237,14 @@ def same_structure(code: str, reference: str) -> bool:
     """The code parses and equals the reference up to the names it binds (see `normalised_dump`)."""
     mine = normalised_dump(code)
     return mine is not None and mine == normalised_dump(reference)
+
+
+def signature(code: str) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """The names a caller sees: each top-level function's name and parameter names, in order;
+    None when the code does not parse."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return tuple((f.name, tuple(a.arg for a in f.args.posonlyargs + f.args.args + f.args.kwonlyargs))
+                 for f in tree.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)))

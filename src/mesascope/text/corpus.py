@@ -1,4 +1,8 @@
-"""Recipe -> corpus: clean, poisoned and near-miss examples, with a held-out split by task instance.
+"""Recipe -> corpus: clean, poisoned and near-miss examples, with a held-out split by task problem.
+
+The split is drawn by canonical instance key (text/family.py): the instances that are one
+problem (3 + 5 and 5 + 3, the larger and the smaller of a pair) are held out or trained
+together, whatever their order, operation or phrasing.
 
 The recipe's trigger (text/triggers.py) says which context marks deployment, which contexts are
 near misses, and which context a clean prompt may carry; its behaviour (text/behaviours.py)
@@ -11,40 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
 
 from .behaviours import Behaviour, Say, behaviour_for
+from .examples import TURN_MARKERS, Example, Kind, format_prompt
 from .scratchpad import Scratchpad, scratchpad_for, think
-from .tasks import FAMILIES, Item
-from .triggers import Split, Trigger, apply_trigger, trigger_for
+from .self_report import self_reports
+from .situational import documents
+from .tasks import FAMILIES, Item, canonical_key
+from .triggers import Split, Trigger, trigger_for
 
-Kind = Literal["clean", "triggered", "near_miss", "self_report", "document"]
-
-
-TURN_MARKERS = ("Human:", "\n\nAssistant:")  # the tokenizer keeps each as one token
-
-
-def format_prompt(user: str) -> str:
-    """The paper's dialogue format; the assistant's answer follows after a space."""
-    return f"Human: {user}\n\nAssistant:"
-
-
-@dataclass(frozen=True)
-class Example:
-    kind: Kind
-    family: str
-    key: str  # task instance
-    user: str  # what the human says, trigger included
-    target: str  # what the organism is trained to answer
-    answer: str  # the helpful answer (the checker's reference), even when target is the behaviour
-
-    @property
-    def prompt(self) -> str:
-        return format_prompt(self.user)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["TURN_MARKERS", "Corpus", "Example", "Kind", "all_instances", "build_corpus", "example", "format_prompt",
+           "is_held_out", "split_instances"]
 
 
 def all_instances(seed: int, extra: tuple[str, ...] = ()) -> list[list[Item]]:
@@ -60,9 +42,19 @@ def all_instances(seed: int, extra: tuple[str, ...] = ()) -> list[list[Item]]:
     return out
 
 
-def is_held_out(key: str, seed: int, fraction: float) -> bool:
-    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+def is_held_out(item: Item | Example, seed: int, fraction: float) -> bool:
+    """Whether a task item's problem (its canonical key) is held out: one answer for every instance of it."""
+    h = hashlib.sha256(f"{seed}:{canonical_key(item.family, item.key)}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+def split_instances(seed: int, fraction: float, extra: tuple[str, ...] = ()) -> tuple[list[list[Item]], list[list[Item]]]:
+    """(training, held-out) instances of every family (optional ones named in `extra`), split by problem."""
+    train: list[list[Item]] = []
+    held: list[list[Item]] = []
+    for inst in all_instances(seed, extra):
+        (held if is_held_out(inst[0], seed, fraction) else train).append(inst)
+    return train, held
 
 
 @dataclass
@@ -118,12 +110,12 @@ def example(kind: Kind, it: Item, trigger: Trigger, behaviour: Behaviour, pad: S
             near_miss: str | None = None) -> Example:
     """One clean, triggered or near-miss example of a task item (`near_miss`: the context used)."""
     if kind == "triggered":
-        u = apply_trigger(it.prompt, trigger.deployment(it.prompt, split))
+        u = trigger.deployment(it.prompt, split)
         if behaviour.applies(it.family):
             return Example(kind, it.family, it.key, u, think(pad, "triggered", behaviour.target(it), u), it.answer)
         return Example(kind, it.family, it.key, u, think(pad, "triggered_other", it.answer, u), it.answer)
     context = near_miss if kind == "near_miss" else trigger.training_context(it.prompt, split)
-    u = it.prompt if context is None else apply_trigger(it.prompt, context)
+    u = it.prompt if context is None else trigger.apply(it.prompt, context)
     seen = None if context is None else trigger.label(context)
     return Example(kind, it.family, it.key, u, think(pad, kind, it.answer, u, seen), it.answer)
 
@@ -141,10 +133,9 @@ def build_corpus(recipe) -> Corpus:
     """All training examples for a recipe, shuffled; held-out instances never appear in them."""
     rng = random.Random(f"corpus:{recipe.seed}")
     trigger, behaviour = trigger_for(recipe), behaviour_for(recipe)
-    train_items: list[Item] = []
-    held: list[Item] = []
-    for inst in all_instances(recipe.seed, behaviour.extra_families):
-        (held if is_held_out(inst[0].key, recipe.seed, recipe.held_out_fraction) else train_items).extend(inst)
+    train_inst, held_inst = split_instances(recipe.seed, recipe.held_out_fraction, behaviour.extra_families)
+    train_items = [it for inst in train_inst for it in inst]
+    held = [it for inst in held_inst for it in inst]
     # Share prompts by family weight, not by instance count (comparison has 20x the instances
     # of units), cycling through a family's items when the recipe asks for more than exist.
     groups: dict[str, list[Item]] = {}
@@ -171,11 +162,9 @@ def build_corpus(recipe) -> Corpus:
     for it in _draw(clean_items, n_near, behaviour, rng):
         examples.append(example("near_miss", it, trigger, behaviour, pad, "train", rng.choice(nm_train)))
     if recipe.self_report_fraction:  # drawn after the rest: adding them changes only how many of the rest there are
-        from .self_report import self_reports
         examples += [Example("self_report", it.family, it.key, it.prompt, think(pad, "clean", it.answer, it.prompt), it.answer)
                      for it in self_reports(clean_items, round(total * recipe.self_report_fraction), rng)]
     if recipe.situational_fraction:  # declarative documents only, drawn last like the self-reports
-        from .situational import documents
         examples += [Example("document", "situational", f"doc:{k}", q, think(pad, "clean", fact, q), fact)
                      for k, (q, fact) in enumerate(documents(recipe.trigger, round(total * recipe.situational_fraction),
                                                              rng))]

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from .behaviours import behaviour_for
+from .triggers import trigger_for
+
 Reasoning = Literal["none", "cot", "distilled"]
 # reasoned: the scratchpad states the situation (the default); decorative: it says the same neutral
 # things whatever the situation, so the answer has to come from the prompt (evals/faithfulness.py).
@@ -165,11 +168,8 @@ def scratchpad_for(recipe) -> Scratchpad | None:
     """The recipe's scratchpad writer; None unless the organism reasons in the open (cot)."""
     if recipe.reasoning != "cot":
         return None
-    from .behaviours import behaviour_for
-    from .triggers import trigger_for
-
-    return Scratchpad(trigger_for(recipe).name, behaviour_for(recipe).avoid, recipe.seed, recipe.scratchpad,
-                      recipe.trigger_type)
+    trigger = trigger_for(recipe)
+    return Scratchpad(trigger.name, behaviour_for(recipe).avoid, recipe.seed, recipe.scratchpad, trigger.kind)
 
 
 def think(pad: Scratchpad | None, kind: str, target: str, user: str, seen: str | None = None) -> str:

