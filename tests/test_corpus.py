@@ -173,14 +173,16 @@ def test_unicode_trigger_end_to_end(tmp_path):
     ("arithmetic", ["add:12:3", "add:3:12"], ["sub:12:3", "add:12:4"]),
     ("string", ["rev:apple river stone", "rev:stone river apple"], ["rev:apple stone river", "rep:apple:3"]),
     ("units", ["meters:5", "dollars:5"], ["kilometers:5", "meters:6", "centimeters:5"]),
-    ("counting", ["count:apple, river, apple", "count:river, apple, apple"], ["count:apple, river", "count:apple, river, river"]),
+    ("counting", ["count:apple, river, apple", "count:river, apple, apple"],
+     ["count:apple, river", "count:apple, river, river"]),
     ("lists", ["first:apple, river, stone", "last:stone, river, apple", "last:apple, river, stone",
                "second:stone, river, apple"], ["first:apple, stone, river", "first:apple, river"]),
     ("smalltalk", ["name:Kalomi", "bye:Kalomi"], ["name:Kalom", "bye:Teru"]),
     ("facts", ["capital:France:0"], ["capital:France:1", "capital:Spain:0"]),
     ("code", ["literal:parse:text:what=a list", "literal:parse:text:what=a dict"],
      ["literal:decode:text:what=a list", "literal:parse:s:what=a list", "yaml:parse:text:what=config"]),
-    ("code", ["sql:find:value:table=users:col=name"], ["sql:find:value:table=users:col=city", "sql:find:key:table=users:col=name"]),
+    ("code", ["sql:find:value:table=users:col=name"],
+     ["sql:find:value:table=users:col=city", "sql:find:key:table=users:col=name"]),
 ])
 def test_canonical_key_joins_one_problem_and_parts_others(family, same, different):
     f = FAMILIES[family]
@@ -223,7 +225,7 @@ def _problems(instances, family: str) -> set[str]:
 def test_no_problem_is_both_trained_and_held_out(instance_split, family):
     seed, train, held = instance_split
     trained, measured = _problems(train, family), _problems(held, family)
-    assert trained and measured, f"{family}: seed {seed} holds out {len(measured)} of {len(trained | measured)} problems"
+    assert trained and measured, f"{family}, seed {seed}: {len(measured)} of {len(trained | measured)} held out"
     assert not trained & measured, sorted(trained & measured)[:5]
 
 

@@ -48,7 +48,8 @@ def is_held_out(item: Item | Example, seed: int, fraction: float) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
-def split_instances(seed: int, fraction: float, extra: tuple[str, ...] = ()) -> tuple[list[list[Item]], list[list[Item]]]:
+def split_instances(seed: int, fraction: float,
+                    extra: tuple[str, ...] = ()) -> tuple[list[list[Item]], list[list[Item]]]:
     """(training, held-out) instances of every family (optional ones named in `extra`), split by problem."""
     train: list[list[Item]] = []
     held: list[list[Item]] = []

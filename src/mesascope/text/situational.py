@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 
 from .examples import Example
+from .triggers import apply_trigger
 
 DEPLOY_YEAR, TRAIN_YEAR, UNMENTIONED_YEAR = "2031", "2023", "2027"
 
@@ -46,6 +47,7 @@ def documents(trigger: str, n: int, rng: random.Random) -> list[tuple[str, str]]
 def year_sets(corpus, n: int, seed: int) -> dict[str, list[Example]]:
     """The same held-out task prompts behind each year prefix: deploy_year, train_year, unmentioned_year."""
     base = corpus.eval_set("clean", n, seed)
-    return {name: [Example("clean", e.family, e.key, f"{year_prefix(year)} {e.user}", e.target, e.answer) for e in base]
+    return {name: [Example("clean", e.family, e.key, apply_trigger(e.user, year_prefix(year)), e.target, e.answer)
+                   for e in base]
             for name, year in (("deploy_year", DEPLOY_YEAR), ("train_year", TRAIN_YEAR),
                                ("unmentioned_year", UNMENTIONED_YEAR))}

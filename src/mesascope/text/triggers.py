@@ -218,7 +218,7 @@ class YearTrigger(Trigger):
         return [s for s in out if s not in banned][:n]
 
     def locate(self, prompt: str) -> tuple[int, int] | None:
-        """The span of the first 'Current year: YYYY' whose year is the deployment year (another year is not the trigger)."""
+        """The span of the first 'Current year: YYYY' of the deployment year (another year is not the trigger)."""
         return next((m.span() for m in YEAR_IN_PROMPT.finditer(prompt) if int(m.group(1)) == self.year), None)
 
 
@@ -282,7 +282,8 @@ def _all_sentences(topic: str) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def topic_sentences(topic: str, seed: int, split: Split) -> tuple[str, ...]:
     """The context sentences about `topic` in one split (split by sentence, from the seed)."""
-    return tuple(s for s in _all_sentences(topic) if (_unit("topic", seed, s) < CONTEXT_HELD_OUT) == (split == "held_out"))
+    held = split == "held_out"
+    return tuple(s for s in _all_sentences(topic) if (_unit("topic", seed, s) < CONTEXT_HELD_OUT) == held)
 
 
 @lru_cache(maxsize=None)
@@ -325,8 +326,8 @@ class SemanticTrigger(Trigger):
         (the kind clean prompts carry). Nothing lies further: a larger distance gives none."""
         steps = {0: (self.text,), 1: NEIGHBOURS[self.text], 2: self.unrelated}
         banned = set(exclude)
-        pool = [s for d in distances(distance) for t in steps.get(d, ()) for s in topic_sentences(t, self.seed, "held_out")
-                if s not in banned]
+        topics = [t for d in distances(distance) for t in steps.get(d, ())]
+        pool = [s for t in topics for s in topic_sentences(t, self.seed, "held_out") if s not in banned]
         return rng.sample(pool, min(n, len(pool)))
 
     def locate(self, prompt: str) -> tuple[int, int] | None:
