@@ -1,1 +1,0 @@
-"""Kept only until the code-vulnerability checker moves to text/."""
