@@ -24,7 +24,10 @@ def test_mean_and_interval_over_seeds(tiny_recipe, tmp_path):
         sd = (sum((v - m.value) ** 2 for v in values) / 2) ** 0.5
         half = student_t.ppf(0.975, 2) * sd / 3 ** 0.5
         assert m.ci == pytest.approx((m.value - half, m.value + half), abs=1e-5)
-        assert m.n_per_seed == 20 or name.startswith("helpful") or m.n_per_seed > 0
+        if m.pooled is not None:  # a share: every seed's prompts pooled into one Wilson interval
+            hits = sum(round(found.per_seed[s][name].value * found.per_seed[s][name].n) for s in ("0", "1", "2"))
+            assert m.pooled.n == sum(found.per_seed[s][name].n for s in ("0", "1", "2"))
+            assert m.pooled.value == pytest.approx(hits / m.pooled.n) and m.pooled.ci[0] <= m.pooled.value
     # Seeds are independent replicates: different organisms, so different weights.
     again = replicate(tiny_recipe, [1], RunStore(tmp_path), EvalSpec(n=20, max_new_tokens=8))
     assert again.per_seed["1"] == found.per_seed["1"]  # reused from the store, not retrained

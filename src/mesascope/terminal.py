@@ -150,7 +150,8 @@ def show_asr(spec, result, max_new_tokens: int) -> None:
 def show_replicates(found) -> None:
     seeds = [str(s) for s in found.seeds]
     show_table(f"{found.recipe.get('name', 'recipe')}: held-out figures per seed, mean [95% t interval over seeds]",
-               ["figure", *(f"seed {s}" for s in seeds), "mean [CI]"],
+               ["figure", *(f"seed {s}" for s in seeds), "mean [CI]", "pooled prompts (Wilson)"],
                [[k, *(f"{m.per_seed[s]:.3f}" for s in seeds),
-                 f"{m.value:.3f}" + (f" [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else "")] for k, m in found.mean.items()])
+                 f"{m.value:.3f}" + (f" [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else ""),
+                 fmt(m.pooled.to_dict()) if m.pooled else "-"] for k, m in found.mean.items()])
     out_console.print(f"machine: {safe(found.machine.platform)}, {found.machine.cpus} cpus, python {found.machine.python}")

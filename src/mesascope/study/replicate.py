@@ -17,7 +17,7 @@ from ..progress import Progress, silent
 from ..results import Machine, machine
 from ..stats import Measurement
 from ..store import RunStore
-from .aggregate import t_interval
+from .aggregate import pooled_wilson, t_interval
 
 REPLICATE_SCHEMA_VERSION = 1
 
@@ -30,6 +30,8 @@ class SeedMean(BaseModel):
     n_seeds: int
     per_seed: dict[str, float]
     n_per_seed: int = Field(description="held-out prompts behind each seed's value")
+    pooled: Measurement | None = Field(None, description="every seed's prompts as one sample (Wilson): the prompt-level "
+                                       "uncertainty, which the interval over seeds does not show when all seeds agree")
 
 
 class Replicates(BaseModel):
@@ -68,8 +70,10 @@ def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: Eval
     for k in figures:
         values = {s: m[k]["value"] for s, m in per_seed.items()}
         t = t_interval(list(values.values()))
+        pooled = pooled_wilson(list(per_seed[s][k] for s in per_seed))
         mean[k] = SeedMean(value=t["value"], ci=t["ci"], n_seeds=len(values), per_seed=values,
-                           n_per_seed=min(m[k]["n"] for m in per_seed.values()))
+                           n_per_seed=min(m[k]["n"] for m in per_seed.values()),
+                           pooled={k2: v for k2, v in pooled.items() if k2 != "interval"} if pooled else None)
     return Replicates(recipe=recipe.model_dump(mode="json", exclude={"seed"}), eval=eval_spec.model_dump(mode="json"),
                       seeds=list(seeds), per_seed=per_seed, per_family=per_family, mean=mean, seconds=seconds)
 
