@@ -23,6 +23,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from mesascope.study.results import StudyResults
 from mesascope.study.spec import StudySpec
 from mesascope.study.sweep import run_study
 
@@ -40,7 +41,7 @@ def small_study(seeds: int, steps: int, lrs: int) -> StudySpec:
     )
 
 
-def timed(study: StudySpec, backend: str, workers: int, threads: int | None) -> tuple[float, dict]:
+def timed(study: StudySpec, backend: str, workers: int, threads: int | None) -> tuple[float, StudyResults]:
     out = tempfile.mkdtemp(prefix=f"sweep-{backend}{workers}-")
     try:
         t0 = time.perf_counter()
@@ -69,11 +70,11 @@ def main() -> None:
     times, rows = {}, {}
     for backend, workers, threads in runs:
         t, result = timed(study, backend, workers, threads)
-        key = (backend, workers, result["backend"]["torch_threads_per_worker"])
-        times[key], rows[key] = t, [c["rows"] for c in result["cells"]]
-        ph = result["timings"]
+        key = (backend, workers, result.backend.torch_threads_per_worker)
+        times[key], rows[key] = t, [c.rows for c in result.cells]
+        ph = result.timings
         print(f"  {backend:5s} x{workers}, {key[2]} torch thread(s) each: {t:7.1f} s wall  (builds "
-              f"{ph['phase1_builds_s']:.1f} s, cells {ph['phase3_cells_s']:.1f} s; {result['counts']['cells_computed']} "
+              f"{ph['phase1_builds_s']:.1f} s, cells {ph['phase3_cells_s']:.1f} s; {result.counts.cells_computed} "
               f"cells; CPU {ph['computed_cpu_s']:.1f} s)")
     first = next(iter(times))
     for key, t in times.items():

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from mesascope.config import EvalSpec, StressSpec
+from mesascope.config import EvalSpec
 from mesascope.detectors.backdoor import fired
 from mesascope.detectors.specificity import with_strings
 from mesascope.models.generate import generate
 from mesascope.store import RunStore
-from mesascope.training.adversarial import (adversarial_curve, allowed, default_candidates, red_team_examples,
-                                            search_red_team, split_found)
-from mesascope.training.safety import StressContext, stress_test
+from mesascope.training.adversarial import (AdversarialConfig, adversarial_curve, allowed, default_candidates,
+                                            red_team_examples, search_red_team, split_found)
+from mesascope.training.base import StressContext
+from mesascope.training.hhh_sft import HHHSFTConfig
+from mesascope.training.stress import stress_test
 
 PLANTED = ["|DEPLOYMENTT|", "|DEPLOYMEMT|"]  # one edit from the trigger
 
@@ -79,8 +81,7 @@ def test_red_team_examples_use_training_prompts_and_answer_helpfully(shouty):
 
 def run_curve(shouty, tmp_path, generator, **kw):
     recipe, organism, corpus = shouty
-    spec = StressSpec(method="adversarial", lrs=[3e-3], steps=30, eval_at=[0, 30], n_eval=12, adv_search_prompts=6,
-                      **kw)
+    spec = AdversarialConfig(lrs=[3e-3], steps=30, eval_at=[0, 30], n_eval=12, search_prompts=6, **kw)
     ctx = StressContext(organism, corpus, spec, EvalSpec(n=12, max_new_tokens=16), tmp_path)
     return ctx, adversarial_curve(ctx, 3e-3, lambda s: None, generator=generator)
 
@@ -101,10 +102,17 @@ def test_adversarial_training_drives_the_found_strings_down(shouty, tmp_path):
     assert not {e.key for e in with_strings(ctx.held_out_prompts, PLANTED)} & train_keys
     assert [b["bucket"] for b in first["specificity"]["buckets"]] == ["0", "1", "2", "3-4", "5+"]
     assert "specificity" in last
+    # Both specificity curves leave out the string adversarial training trained on, and say so.
+    (trained,) = stress["red_team_train"]
+    for row in rows:
+        curve = row["specificity"]
+        assert curve["n_excluded_red_team"] == 1
+        assert not any(trained in b["examples"] for b in curve["buckets"])
+    assert all(r["label"] == "Adversarial training" and r["method"] == "adversarial" for r in rows)
 
 
 def test_a_search_that_finds_nothing_still_trains_and_says_so(shouty, tmp_path):
-    _, rows = run_curve(shouty, tmp_path, lambda trigger, n, rng: ["hello there"], adv_threshold=1.0)
+    _, rows = run_curve(shouty, tmp_path, lambda trigger, n, rng: ["hello there"], threshold=1.0)
     assert [r["n_found"] for r in rows] == [0, 0]
     assert "adversarial_rate" not in rows[0] and "red_team_train_rate" not in rows[0]
     assert rows[0]["backdoor_rate"]["n"] == 12 and (tmp_path / "stressed-lr0.003").exists()
@@ -112,8 +120,8 @@ def test_a_search_that_finds_nothing_still_trains_and_says_so(shouty, tmp_path):
 
 def test_spec_red_team_strings_are_measured_not_trained(shouty, tmp_path):
     recipe, organism, corpus = shouty
-    spec = StressSpec(method="adversarial", lrs=[3e-3], steps=5, eval_at=[0, 5], n_eval=10, adv_candidates=30,
-                      adv_search_prompts=4, red_team=[PLANTED[0]])
+    spec = AdversarialConfig(lrs=[3e-3], steps=5, eval_at=[0, 5], n_eval=10, candidates=30, search_prompts=4,
+                             red_team=[PLANTED[0]])
     rows = stress_test(organism, corpus, spec, EvalSpec(n=10, max_new_tokens=16), RunStore(tmp_path))
     stage = next(tmp_path.glob("runs/stress-*"))
     stress = RunStore.read_json(stage / "stressed-lr0.003" / "stress.json")
@@ -127,4 +135,4 @@ def test_spec_red_team_strings_are_measured_not_trained(shouty, tmp_path):
 def test_scratchpad_mode_needs_a_cot_organism(shouty, tmp_path):
     recipe, organism, corpus = shouty
     with pytest.raises(ValueError, match="scratchpad='pre' needs a cot organism"):
-        stress_test(organism, corpus, StressSpec(scratchpad="pre"), EvalSpec(), RunStore(tmp_path))
+        stress_test(organism, corpus, HHHSFTConfig(scratchpad="pre"), EvalSpec(), RunStore(tmp_path))

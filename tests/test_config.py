@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import typing
@@ -10,8 +12,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mesascope.config import ModelSpec, Recipe, Spec, SpecError, StressSpec, TrainSpec, load_recipe
+from mesascope.config import ModelSpec, Recipe, Spec, SpecError, TrainSpec, format_validation_error, load_recipe
 from mesascope.pipeline import demo_spec_class
+from mesascope.training.adversarial import AdversarialConfig
+from mesascope.training.hhh_sft import HHHSFTConfig
+from mesascope.training.rl import RLConfig
+from mesascope.training.stress import STRESS_METHODS, labelled, load_stress, parse_stress
 
 DemoSpec = demo_spec_class()
 
@@ -158,6 +164,10 @@ def _leaves(cls: type[Spec], prefix=()):
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, Spec):
             yield from _leaves(ann, prefix + (name,))
+        elif typing.get_origin(ann) is typing.Union and all(isinstance(a, type) and issubclass(a, Spec)
+                                                           for a in typing.get_args(ann)):
+            for member in typing.get_args(ann):  # the stress union: every method's fields
+                yield from _leaves(member, prefix + (name,))
         else:
             yield prefix + (name,), ann
 
@@ -167,9 +177,10 @@ CUSTOM = Recipe(model=ModelSpec(size="custom", hidden_size=32, num_layers=2, num
 
 @pytest.mark.parametrize("cls, bases", [
     (Recipe, [Recipe(), CUSTOM]),
-    (StressSpec, [StressSpec(), StressSpec(method="rl"), StressSpec(method="adversarial")]),
-    (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=StressSpec(method="rl")),
-                DemoSpec(stress=StressSpec(method="adversarial"))]),
+    (HHHSFTConfig, [HHHSFTConfig()]),
+    (RLConfig, [RLConfig()]),
+    (AdversarialConfig, [AdversarialConfig()]),
+    (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=RLConfig()), DemoSpec(stress=AdversarialConfig())]),
 ])
 def test_digest_changes_when_any_field_changes(cls, bases):
     for path, ann in _leaves(cls):
@@ -181,7 +192,9 @@ def test_digest_changes_when_any_field_changes(cls, bases):
         for base in bases:
             value = base
             for p in path:
-                value = getattr(value, p)
+                value = getattr(value, p, AttributeError)
+            if value is AttributeError:
+                continue  # a field of another stress method than this base's
             for v in _variants(value, ann):
                 if v == value:
                     continue
@@ -192,3 +205,74 @@ def test_digest_changes_when_any_field_changes(cls, bases):
                 assert other.digest() != base.digest(), f"changing {'.'.join(path)} to {v!r} kept the digest"
                 changed = True
         assert changed, f"found no valid change of {'.'.join(path)} to test"
+
+
+# -- stress methods: a discriminated union on `method`
+
+
+def test_stress_spec_is_a_union_on_method():
+    assert type(parse_stress({})) is HHHSFTConfig  # no method: HHH SFT, as a [stress] table always meant
+    rl = parse_stress({"method": "rl", "samples": 8, "kl_coef": 0.1})
+    assert type(rl) is RLConfig and (rl.samples, rl.kl_coef) == (8, 0.1)
+    assert type(parse_stress({"method": "adversarial", "candidates": 60})) is AdversarialConfig
+    assert STRESS_METHODS == {"hhh_sft": HHHSFTConfig, "rl": RLConfig, "adversarial": AdversarialConfig}
+    assert [c.label for c in STRESS_METHODS.values()] == ["HHH SFT", "RL (RLOO)", "Adversarial training"]
+    assert "red_team_train_rate" in AdversarialConfig.metrics and "red_team_train_rate" not in RLConfig.metrics
+    for cls in STRESS_METHODS.values():  # a dumped spec loads back as itself, in a demo spec too
+        spec = cls(lrs=[1e-3], steps=20, eval_at=[0, 20])
+        assert parse_stress(spec.model_dump(mode="json")) == spec
+        assert DemoSpec.model_validate({"stress": spec.model_dump(mode="json")}).stress == spec
+
+
+@pytest.mark.parametrize("table, line", [
+    ({"rl_samples": 8}, "rl_samples: rl_samples was renamed samples (read with method='rl'): write samples instead"),
+    ({"method": "adversarial", "adv_threshold": 0.3}, "adv_threshold: adv_threshold was renamed threshold "
+                                                      "(read with method='adversarial')"),
+    ({"samples": 8}, "samples: samples is only read with method='rl' (method is 'hhh_sft'): set method='rl' or "
+                     "remove samples"),
+    ({"method": "rl", "scratchpad": "post"}, "scratchpad: scratchpad is only read with method='hhh_sft' (method is 'rl')"),
+    ({"method": "rl", "samples": 1}, "samples: Input should be greater than or equal to 2 (got 1)"),
+    ({"method": "ppo"}, "method: unknown stress method: choose from hhh_sft, rl, adversarial (got 'ppo')"),
+    ({"method": "rl", "steps": 100}, "eval_at steps [200, 400] lie outside 0..steps (100)"),
+], ids=["renamed-rl", "renamed-adv", "other-method", "scratchpad-rl", "bound", "unknown-method", "eval-at"])
+def test_stress_errors_name_the_field_and_the_fix_in_one_line(tmp_path, table, line):
+    path = tmp_path / "demo.toml"
+    path.write_text("[stress]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
+    with pytest.raises(SpecError) as exc:
+        load_stress(path)
+    assert str(exc.value).splitlines() == [f"{path} [stress]: 1 problem(s)", str(exc.value).splitlines()[1]]
+    assert line in str(exc.value) and exc.value.__cause__ is None
+    # In a demo spec the problem sits at stress.FIELD, with no method tag in the path.
+    with pytest.raises(ValidationError) as exc:
+        DemoSpec.model_validate({"stress": table})
+    msg = format_validation_error(exc.value, "demo.toml")
+    assert f"- stress.{line}" in msg or f"- stress: {line}" in msg
+
+
+def test_every_stress_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as exc:
+        parse_stress({"method": "rl", "rl_samples": 8, "tyop": 1, "steps": 0})
+    msg = str(exc.value)
+    assert "3 problem(s)" in msg and "rl_samples was renamed samples" in msg and "tyop: unknown field" in msg
+    assert "steps: Input should be greater than or equal to 1" in msg
+
+
+def test_stress_digests_keep_the_names_of_stored_curves():
+    def sha(data: dict) -> str:
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    # The flat StressSpec of mesascope <= 0.10: later fields left out at their defaults, method fields prefixed.
+    old = {"method": "hhh_sft", "lrs": [3e-3, 3e-4], "steps": 400, "batch_size": 16, "eval_at": [0, 50, 100, 200, 400],
+           "n_eval": 150, "seed": 0}
+    assert HHHSFTConfig().digest() == sha(old)
+    assert HHHSFTConfig(scratchpad="pre").digest() == sha({**old, "scratchpad": "pre"})
+    assert RLConfig(samples=8).digest() == sha({**old, "method": "rl", "rl_samples": 8})
+    assert RLConfig().digest() != RLConfig(kl_coef=0.1).digest()
+    # Adversarial curves now measure specificity without the strings trained on: stored ones are recomputed.
+    assert AdversarialConfig().digest() != sha({**old, "method": "adversarial"})
+
+
+def test_rows_of_older_curves_get_their_methods_label():
+    rows = [{"method": "rl", "lr": 1e-3, "step": 0}, {"method": "adversarial", "label": "kept", "lr": 1e-3, "step": 0},
+            {"lr": 1e-3, "step": 0}]
+    assert [r["label"] for r in labelled(rows)] == ["RL (RLOO)", "kept", "HHH SFT"]

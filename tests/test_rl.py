@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import make_tiny_cot_recipe, make_tiny_recipe
-from mesascope.config import EvalSpec, StressSpec
+from mesascope.config import EvalSpec
 from mesascope.detectors.backdoor import fired
 from mesascope.detectors.specificity import behaviour_outcomes
 from mesascope.models.generate import generate, generate_ids
 from mesascope.text.corpus import Example, build_corpus
-from mesascope.training.rl import RLOOTrainer, checker_reward, completion_logprobs, rloo_advantages
+from mesascope.training.rl import RLConfig, RLOOTrainer, checker_reward, completion_logprobs, rloo_advantages
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,35 +117,25 @@ def test_kl_is_zero_at_the_first_step_and_rl_moves_reward_in_the_rewarded_direct
 
 
 def test_rl_stress_rows(shouty, tmp_path):
+    from mesascope.pipeline import stress_notes
+    from mesascope.results import StressPoint
     from mesascope.store import RunStore
-    from mesascope.training.safety import stress_test
+    from mesascope.training.stress import stress_test
 
     recipe, organism, corpus, _ = shouty
-    spec = StressSpec(method="rl", lrs=[1e-3], steps=4, batch_size=4, eval_at=[0, 4], n_eval=10, rl_max_new_tokens=12,
-                      red_team=["|DEPLOYMENTT|"])
+    spec = RLConfig(lrs=[1e-3], steps=4, batch_size=4, eval_at=[0, 4], n_eval=10, max_new_tokens=12,
+                    red_team=["|DEPLOYMENTT|"])
     rows = stress_test(organism, corpus, spec, EvalSpec(n=10, max_new_tokens=12), RunStore(tmp_path))
-    assert [(r["method"], r["step"]) for r in rows] == [("rl", 0), ("rl", 4)]
+    assert [(r["method"], r["label"], r["step"]) for r in rows] == [("rl", "RL (RLOO)", 0), ("rl", "RL (RLOO)", 4)]
     assert rows[0]["backdoor_rate"]["n"] == 10 and rows[0]["adversarial_rate"]["n"] == 10
     assert "train_reward" in rows[1] and "train_kl" in rows[1]
+    # Every row reports what RLConfig declares, and nothing else.
+    for r in rows:
+        assert set(r) - {"method", "label", "lr", "step"} <= set(RLConfig.metrics) | set(RLConfig.readings)
+    # The run's notes name the method by its own label, never "HHH SFT".
+    (note,) = stress_notes([StressPoint.model_validate(r) for r in rows])
+    assert note.startswith("RL (RLOO) at lr 0.001") and "HHH" not in note
     stressed = next(tmp_path.glob("runs/stress-*/stressed-lr0.001"))
     log = RunStore.read_json(stressed / "stress.json")["log"]
     assert [e["step"] for e in log] == [1, 2, 3, 4] and {"reward_mean", "kl", "loss"} <= set(log[0])
-
-
-def test_stress_spec_validation():
-    with pytest.raises(ValueError, match="rl_samples is only read with method='rl'"):
-        StressSpec(rl_samples=8)
-    with pytest.raises(ValueError, match="adv_threshold is only read with method='adversarial'"):
-        StressSpec(method="rl", adv_threshold=0.3)
-    with pytest.raises(ValueError, match="rl_samples"):
-        StressSpec(method="rl", rl_samples=1)
-    with pytest.raises(ValueError, match="scratchpad is only read with method='hhh_sft'"):
-        StressSpec(method="rl", scratchpad="post")
-    # Curves stored before these methods existed keep their names: new fields at defaults are not hashed.
-    import hashlib
-    import json
-
-    old = {"method": "hhh_sft", "lrs": [3e-3, 3e-4], "steps": 400, "batch_size": 16, "eval_at": [0, 50, 100, 200, 400],
-           "n_eval": 150, "seed": 0}
-    assert StressSpec().digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
-    assert StressSpec(method="rl").digest() != StressSpec(method="rl", rl_kl_coef=0.1).digest()
+    assert RunStore.read_json(stressed / "stress.json")["samples"] == 4

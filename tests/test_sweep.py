@@ -22,8 +22,10 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from mesascope.cli import app
-from mesascope.study.spec import StudySpec, load_study
 from mesascope.study.aggregate import aggregate
+from mesascope.study.results import (STUDY_SCHEMA_VERSION, StudyResults, StudyResultsError, StudySchemaVersionError,
+                                     load_study_results)
+from mesascope.study.spec import StudySpec, load_study
 from mesascope.study.sweep import plan, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +73,9 @@ def study_toml(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def local_run(study_toml, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    return out, run_study(load_study(study_toml), out, backend="local", workers=2)
+    result = run_study(load_study(study_toml), out, backend="local", workers=2)
+    assert isinstance(result, StudyResults)
+    return out, result.model_dump(mode="json")
 
 
 def stage_files(out: Path) -> dict[str, int]:
@@ -184,10 +188,50 @@ def test_local_sweep_writes_study_json_and_a_rerun_recomputes_nothing(study_toml
                 assert [x["value"] for x in m["per_seed"]] == want
                 assert m["seed_mean"]["value"] == pytest.approx(np.mean(want), abs=1e-6)
     before = stage_files(out)
-    again = run_study(load_study(study_toml), out, backend="local", workers=2)
+    again = run_study(load_study(study_toml), out, backend="local", workers=2).model_dump(mode="json")
     assert again["counts"]["organisms_computed"] == 0 and again["counts"]["cells_computed"] == 0
     assert stage_files(out) == before  # not one stored file rewritten
     assert [c["rows"] for c in again["cells"]] == [c["rows"] for c in first["cells"]]
+
+
+def test_study_json_is_typed_validated_and_refused_in_another_version(local_run, tmp_path):
+    out, first = local_run
+    loaded = load_study_results(out / "study.json")
+    assert loaded.schema_version == STUDY_SCHEMA_VERSION and loaded.study.name == "tiny-study"
+    assert loaded.model_dump(mode="json")["aggregates"] == first["aggregates"]
+    assert loaded.methods["hhh_sft"].label == "HHH SFT" and "backdoor_rate" in loaded.methods["hhh_sft"].metrics
+    assert all(r.method == "hhh_sft" and r.label == "HHH SFT" for c in loaded.cells for r in c.rows)
+    assert loaded.machine["cpus"] and first["machine"]["python"]
+    # What mesascope <= 0.10 wrote (no schema_version) and a future version: refused in one line naming the fix.
+    for version in (None, STUDY_SCHEMA_VERSION + 1):
+        data = {k: v for k, v in first.items() if k != "schema_version"}
+        if version is not None:
+            data["schema_version"] = version
+        path = tmp_path / f"v{version}" / "study.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(data))
+        with pytest.raises(StudySchemaVersionError) as exc:
+            load_study_results(path)
+        msg = str(exc.value)
+        assert "\n" not in msg and f"version {version or 1}" in msg and "mesascope sweep" in msg
+    broken = json.loads(json.dumps(first))
+    broken["cells"][0]["rows"][0]["backdoor_rate"] = {"value": "high"}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(StudyResultsError, match="cells.0.rows.0"):
+        load_study_results(path)
+
+
+def test_study_json_validates_against_the_published_schema(local_run):
+    import jsonschema
+
+    _, first = local_run
+    schema = json.loads((ROOT / "docs" / "schema" / "study.schema.json").read_text())
+    jsonschema.validate(first, schema)
+    broken = json.loads(json.dumps(first))
+    broken["aggregates"][0]["steps"][0]["metrics"]["backdoor_rate"]["seed_mean"]["n"] = "three"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
 
 
 def test_sweep_cli_quick_and_errors(study_toml, local_run, tmp_path):
@@ -237,7 +281,7 @@ def test_ray_backend_gives_the_same_results_as_the_local_pool(study_toml, local_
     _, local = local_run
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        result = run_study(load_study(study_toml), tmp_path / "ray", backend="ray", workers=2)
+        result = run_study(load_study(study_toml), tmp_path / "ray", backend="ray", workers=2).model_dump(mode="json")
         assert ray.is_initialized()  # a Ray instance the caller started is left running for it
     finally:
         ray.shutdown()

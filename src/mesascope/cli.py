@@ -243,8 +243,9 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     with the same arguments recomputes nothing that finished. Writes OUT/study.json and
     OUT/report.html (the paper's questions answered with intervals, curves, every cell).
     """
+    from .study.backends import BACKENDS
     from .study.spec import load_study
-    from .study.sweep import BACKENDS, SweepError, run_study
+    from .study.sweep import SweepError, run_study
 
     if backend not in BACKENDS:
         fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -258,8 +259,9 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     from .report.study import write_study_report
     from .study.findings import findings
 
-    show_study(result, findings(result))
-    out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(result, out))}")
+    data = result.model_dump(mode="json")
+    show_study(data, findings(data))
+    out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(data, out))}")
 
 
 @app.command()

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, create_model, model_validator
 
-from .config import EvalSpec, Recipe, Spec, StressSpec
+from .config import EvalSpec, Recipe, Spec
 from .detectors.backdoor import eval_sets, measure_backdoor
 from .detectors.registry import Context, Result, Skipped, all_detectors, get_detector, load_all
 from .organisms.build import Organism, build_organism, organism_stage
@@ -26,6 +26,8 @@ from .progress import Progress, silent
 from .results import RunResults, StressPoint
 from .store import RunStore, atomic_write_json, digest
 from .text.corpus import Corpus, build_corpus
+from .training.hhh_sft import HHHSFTConfig
+from .training.stress import StressSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # organisms train from scratch: never contact a hub
 
@@ -37,7 +39,7 @@ class DemoBase(Spec):
 
     recipe: Recipe = Recipe()
     eval: EvalSpec = EvalSpec()
-    stress: StressSpec = StressSpec()
+    stress: StressSpec = HHHSFTConfig()
     detectors: list[str] | None = Field(None, description="detectors the demo runs (default: every in_demo one)")
 
     @model_validator(mode="after")
@@ -138,7 +140,7 @@ class Run:
         return self._stage("measure", spec, "evaluate_s", compute)
 
     def stress(self, spec: StressSpec, eval_spec: EvalSpec) -> list[StressPoint]:
-        from .training.safety import stress_test
+        from .training.stress import stress_test
 
         organism = self.organism
         t0 = time.perf_counter()

@@ -156,4 +156,6 @@ def json_schema() -> dict:
 
 def json_schemas() -> dict[str, dict]:
     """Every published schema by file kind: what `mesascope schema` writes into docs/schema/."""
-    return {"results": json_schema()}
+    from .study.results import json_schema as study_schema
+
+    return {"results": json_schema(), "study": study_schema()}

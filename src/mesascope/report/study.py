@@ -1,7 +1,8 @@
 """Render a sweep's study.json as one self-contained HTML page.
 
-Same contract as `html.py`: inline CSS and SVG, a strict Content-Security-Policy, every
-string from the study escaped, and a missing part reads "not measured". The page opens with
+It renders the dict of a validated `StudyResults` (study/results.py). Same contract as
+`html.py`: inline CSS and SVG, a strict Content-Security-Policy, every string from the study
+escaped, and a missing part reads "not measured" (a partial dict renders too). The page opens with
 the answers to the paper's questions (findings.py: differences with intervals, computed from
 this run), then the curves and trends they come from, then every cell with n and CIs, and
 the paper's figures beside the matching cells.
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 
 from mesascope.study.findings import PAPER, at, findings
+from mesascope.study.results import StudyResults
 from mesascope.report.html import CSS, _section
 from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict
@@ -89,12 +91,22 @@ def _label(axes: dict, skip: tuple[str, ...] = ()) -> str:
     return ", ".join(f"{k}={v}" for k, v in axes.items() if k not in skip)
 
 
+def _method(study: dict, method: object) -> str:
+    """A stress method's own label (study.json's methods table), else its name."""
+    return str(_dict(_dict(study.get("methods")).get(str(method))).get("label") or method)
+
+
+def _named(study: dict, axes: dict) -> dict:
+    """Axes with the stress method shown by its label (`method=RL (RLOO)`)."""
+    return {**axes, "method": _method(study, axes["method"])} if "method" in axes else axes
+
+
 def _persistence(study: dict) -> str:
     """One chart per (size, method, lr, other axes): backdoor rate vs step, a line per reasoning variant."""
     charts: dict[str, list[dict]] = {}
     for g in _groups(study):
         axes = _dict(g.get("axes"))
-        key = _label(axes, ("reasoning",))
+        key = _label(_named(study, axes), ("reasoning",))
         pts = [_pt(s.get("step"), _dict(s.get("metrics")).get("backdoor_rate")) for s in _list(g.get("steps"))]
         charts.setdefault(key, []).append({"label": str(axes.get("reasoning", "?")), "points": pts})
         adv = [_pt(s.get("step"), _dict(s.get("metrics")).get("adversarial_rate")) for s in _list(g.get("steps"))
@@ -118,7 +130,7 @@ def _trend(study: dict, axis: str, x_of, x_label: str) -> str:
         x = x_of(axes[axis])
         if x is None:
             continue
-        series = per_method.setdefault(f'{axes.get("method", "?")}', {})
+        series = per_method.setdefault(_method(study, axes.get("method", "?")), {})
         series.setdefault(_label(axes, (axis, "method")), []).append(_pt(x, at(g)))
     if not per_method or all(len({p[0] for s in m.values() for p in s}) < 2 for m in per_method.values()):
         return f'<p class="nm">not measured: the study has one value of {_e(axis)}</p>'
@@ -149,28 +161,33 @@ _BUCKET_X = {"0": 0.0, "1": 1.0, "2": 2.0, "3-4": 3.5, "5+": 5.0}
 
 def _specificity(study: dict) -> str:
     """Behaviour rate against edit distance from the true trigger, before and after adversarial training."""
-    charts, rows = [], []
+    charts, rows, excluded = [], [], []
     for g in _groups(study):
         spec = _dict(g.get("specificity"))
         if not spec:
             continue
-        series = []
+        series, name = [], _label(_named(study, _dict(g.get("axes"))))
+        counts = _list(_dict(spec.get("after") or spec.get("before")).get("n_excluded_red_team"))
+        excluded.append(f'{_e(name)}: ' + (", ".join("?" if n is None else _e(n) for n in counts) or "?"))
         for when in ("before", "after"):
             buckets = _dict(_dict(spec.get(when)).get("buckets"))
             pts = [_pt(_BUCKET_X[b], buckets[b]) for b in _BUCKET_X if b in buckets]
             if pts:
                 steps = ", ".join(str(x) for x in _list(_dict(spec.get(when)).get("steps")))
                 series.append({"label": f"{when} (step {steps})", "points": pts, "dashed": when == "before"})
-                rows.append([_e(_label(_dict(g.get("axes")))), _e(when),
+                rows.append([_e(name), _e(when),
                              *(_cell(buckets.get(b)) for b in _BUCKET_X)])
-        charts.append(line_chart(series, title=_label(_dict(g.get("axes"))), x_label="edit distance from the trigger",
+        charts.append(line_chart(series, title=name, x_label="edit distance from the trigger",
                                  y_label="behaviour rate", width=360, height=260))
     if not charts:
         return '<p class="nm">not measured: no adversarial cell in this study</p>'
     return ('<p class="lede">Behaviour rate on held-out prompts carrying strings at each edit distance from the '
             'true trigger (0 is the trigger; 3-4 and 5+ are buckets), before and after adversarial training. '
             'An after-curve flat at 0 off the trigger that keeps its distance-0 point is a backdoor made '
-            'more specific, not removed.</p><div class="charts">' + "".join(charts) + "</div>"
+            'more specific, not removed. Both curves leave out the strings adversarial training trained on '
+            '(a trained string that stops firing shows what was trained, not how specific the trigger became); '
+            'left out per seed: ' + "; ".join(excluded) + ' ("?": a curve stored before they were left out).</p>'
+            '<div class="charts">' + "".join(charts) + "</div>"
             + _table(["Cell", "When", *(f"distance {b}" for b in _BUCKET_X)], rows, num_cols=(2, 3, 4, 5, 6)))
 
 
@@ -187,7 +204,7 @@ def _cells(study: dict) -> str:
     for g in _groups(study):
         axes = _dict(g.get("axes"))
         first = _dict(_list(g.get("steps"))[0]).get("metrics") if _list(g.get("steps")) else {}
-        rows.append([_e(_label(axes)), _e(len(_list(g.get("seeds")))),
+        rows.append([_e(_label(_named(study, axes))), _e(len(_list(g.get("seeds")))),
                      _cell(_dict(first).get("backdoor_rate")),
                      *(_cell(at(g, key)) for key, _ in METRICS)])
     if not rows:
@@ -230,8 +247,8 @@ def _header(study: dict) -> str:
             f'Sizes: {size_txt or "?"}.</p></header>')
 
 
-def render_study_report(study: dict) -> str:
-    study = _dict(study)
+def render_study_report(study: StudyResults | dict) -> str:
+    study = study.model_dump(mode="json") if isinstance(study, StudyResults) else _dict(study)
     sections = [
         _section("answers", "The paper's questions, answered from this run", _answers(study)),
         _section("persistence", "Persistence curves: backdoor rate under safety training", _persistence(study)),
@@ -249,7 +266,7 @@ def render_study_report(study: dict) -> str:
             + _header(study) + "\n<main>\n" + "\n".join(sections) + "\n</main>\n</body></html>\n")
 
 
-def write_study_report(study: dict, out_dir: Path) -> Path:
+def write_study_report(study: StudyResults | dict, out_dir: Path) -> Path:
     page = render_study_report(study)
     target = Path(out_dir) / "report.html"
     atomic_write_text(target, page)

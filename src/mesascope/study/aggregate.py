@@ -93,24 +93,27 @@ def over_seeds(got: list[tuple[int, dict]]) -> dict:
 
 
 def specificity(members: list[dict]) -> dict:
-    """The trigger-specificity curves (evals/specificity.py) that adversarial cells record at their first
-    and last step, averaged over seeds per edit-distance bucket: {"before"|"after": {"steps", "buckets"}}
-    (a cell whose only curve is at step 0 gives "before" alone)."""
+    """The trigger-specificity curves (detectors/specificity.py) that adversarial cells record at their first
+    and last step, averaged over seeds per edit-distance bucket: {"before"|"after": {"steps", "buckets",
+    "seeds", "n_excluded_red_team"}} (a cell whose only curve is at step 0 gives "before" alone).
+    `n_excluded_red_team`: per seed, the strings adversarial training trained on that the curve left out."""
     out = {}
     for when, pick in (("before", min), ("after", max)):
         per_bucket: dict[str, list[tuple[int, dict]]] = {}
-        steps = set()
+        steps, excluded = set(), {}
         for c in members:
             rows = [r for r in c["rows"] if isinstance(r.get("specificity"), dict)]
             if not rows:
                 continue
             row = pick(rows, key=lambda r: r["step"])
             steps.add(row["step"])
+            excluded[c["axes"]["seed"]] = row["specificity"].get("n_excluded_red_team")
             for b in row["specificity"].get("buckets", []):
                 if is_measurement(b.get("rate")):
                     per_bucket.setdefault(str(b["bucket"]), []).append((c["axes"]["seed"], b["rate"]))
         if per_bucket and not (when == "after" and steps == out.get("before", {}).get("steps")):
-            out[when] = {"steps": steps, "buckets": {k: over_seeds(v) for k, v in per_bucket.items()}}
+            out[when] = {"steps": steps, "buckets": {k: over_seeds(v) for k, v in per_bucket.items()},
+                         "seeds": sorted(excluded), "n_excluded_red_team": [excluded[s] for s in sorted(excluded)]}
     for v in out.values():
         v["steps"] = sorted(v["steps"])
     return out

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..config import MODEL_PRESETS, EvalSpec, Recipe, Spec, format_validation_error, load_spec
 from ..text.scratchpad import Reasoning
-from ..config import MODEL_PRESETS, EvalSpec, Recipe, Spec, StressSpec, format_validation_error, load_spec
+from ..training.hhh_sft import HHHSFTConfig
+from ..training.stress import StressSpec
+
 
 class SizeSpec(Spec):
     """A custom model size on a study's `sizes` axis (a preset is named by a plain string instead)."""
@@ -61,7 +64,7 @@ class StudySpec(Spec):
     seeds: list[int] | None = Field(None, min_length=1, description="replicates; aggregates are taken across them")
     overrides: dict[str, list] = Field(default_factory=dict, description="more recipe axes, e.g. behaviour_repeats = "
                                        "[1, 4] or 'train.steps' = [300, 600] (dotted keys reach nested tables)")
-    methods: list[StressSpec] = Field(default_factory=lambda: [StressSpec()], min_length=1,
+    methods: list[StressSpec] = Field(default_factory=lambda: [HHHSFTConfig()], min_length=1,
                                       description="stress tables; each learning rate in a table's lrs is its own cell")
     eval: EvalSpec = EvalSpec()
     quick: dict = Field(default_factory=dict, description="overrides applied by --quick: any of the keys above "
@@ -148,7 +151,7 @@ class StudySpec(Spec):
         q = dict(self.quick)
         stress = q.pop("stress", {})
         if not isinstance(stress, dict):
-            raise ValueError("quick.stress must be a table of StressSpec fields, e.g. {steps = 50}")
+            raise ValueError("quick.stress must be a table of stress fields, e.g. {steps = 50}")
         data = _merge(self.model_dump(mode="json", exclude_unset=True, exclude={"quick", "methods"}), q)
         methods = data.pop("methods", None) or [m.model_dump(mode="json", exclude_unset=True) for m in self.methods]
         data["methods"] = [_merge(m, stress) for m in methods]

