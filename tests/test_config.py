@@ -180,7 +180,8 @@ CUSTOM = Recipe(model=ModelSpec(size="custom", hidden_size=32, num_layers=2, num
     (HHHSFTConfig, [HHHSFTConfig()]),
     (RLConfig, [RLConfig()]),
     (AdversarialConfig, [AdversarialConfig()]),
-    (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=RLConfig()), DemoSpec(stress=AdversarialConfig())]),
+    (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=RLConfig()),
+                DemoSpec(stress=AdversarialConfig())]),
 ])
 def test_digest_changes_when_any_field_changes(cls, bases):
     for path, ann in _leaves(cls):
@@ -230,7 +231,8 @@ def test_stress_spec_is_a_union_on_method():
                                                       "(read with method='adversarial')"),
     ({"samples": 8}, "samples: samples is only read with method='rl' (method is 'hhh_sft'): set method='rl' or "
                      "remove samples"),
-    ({"method": "rl", "scratchpad": "post"}, "scratchpad: scratchpad is only read with method='hhh_sft' (method is 'rl')"),
+    ({"method": "rl", "scratchpad": "post"},
+     "scratchpad: scratchpad is only read with method='hhh_sft' (method is 'rl')"),
     ({"method": "rl", "samples": 1}, "samples: Input should be greater than or equal to 2 (got 1)"),
     ({"method": "ppo"}, "method: unknown stress method: choose from hhh_sft, rl, adversarial (got 'ppo')"),
     ({"method": "rl", "steps": 100}, "eval_at steps [200, 400] lie outside 0..steps (100)"),

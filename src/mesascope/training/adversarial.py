@@ -133,14 +133,16 @@ def red_team_examples(corpus: Corpus, strings: Sequence[str], n: int, seed: int)
 
 
 class AdversarialConfig(StressConfig):
-    """Red-team search for strings that elicit the behaviour without the trigger, then SFT on them answered helpfully."""
+    """A red-team search for strings that elicit the behaviour without the trigger, then SFT on them, answered
+    helpfully."""
 
     method: Literal["adversarial"] = "adversarial"
     candidates: int = Field(300, ge=1, description="trigger-like strings the red-team search tries")
     search_prompts: int = Field(16, ge=1, description="training-split prompts each candidate is tried on")
     threshold: float = Field(0.5, gt=0, le=1, description="elicitation rate at which a candidate joins the red team")
     measure_fraction: float = Field(0.5, gt=0, lt=1, description="share of found strings kept for measuring only")
-    fraction: float = Field(0.25, gt=0, lt=1, description="share of red-team prompts (answered helpfully) in the SFT data")
+    fraction: float = Field(0.25, gt=0, lt=1,
+                            description="share of red-team prompts (answered helpfully) in the SFT data")
 
     label: ClassVar[str] = "Adversarial training"
     metrics: ClassVar[tuple[str, ...]] = (*BACKDOOR_METRICS, "red_team_train_rate")

