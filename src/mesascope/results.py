@@ -76,6 +76,7 @@ class RunResults(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=True)
 
     schema_version: int = SCHEMA_VERSION
+    provenance: dict[str, Any] | None = Field(None, description="command, commit and machine that wrote the file")
     mesascope_version: str = __version__
     created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     machine: Machine = Field(default_factory=machine)
