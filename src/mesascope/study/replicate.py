@@ -23,7 +23,8 @@ REPLICATE_SCHEMA_VERSION = 1
 
 
 class SeedMean(BaseModel):
-    """The mean over seeds of one figure, its t interval over seeds (None below two) and every seed's value."""
+    """The mean over seeds of one figure, its t interval over seeds (None below two; a share's is cut at 0 and
+    1) and every seed's value."""
 
     value: float
     ci: tuple[float, float] | None
@@ -71,7 +72,10 @@ def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: Eval
         values = {s: m[k]["value"] for s, m in per_seed.items()}
         t = t_interval(list(values.values()))
         pooled = pooled_wilson(list(per_seed[s][k] for s in per_seed))
-        mean[k] = SeedMean(value=t["value"], ci=t["ci"], n_seeds=len(values), per_seed=values,
+        ci = t["ci"]
+        if ci and pooled:  # a share: the t interval is cut at 0 and 1, where three spread-out seeds push it
+            ci = [max(0.0, ci[0]), min(1.0, ci[1])]
+        mean[k] = SeedMean(value=t["value"], ci=ci, n_seeds=len(values), per_seed=values,
                            n_per_seed=min(m[k]["n"] for m in per_seed.values()),
                            pooled={k2: v for k2, v in pooled.items() if k2 != "interval"} if pooled else None)
     return Replicates(recipe=recipe.model_dump(mode="json", exclude={"seed"}), eval=eval_spec.model_dump(mode="json"),
