@@ -76,53 +76,26 @@ def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe tab
 
 
 def _run_for(target: Path, out: Path, fresh: bool, progress):
-    """A Run for a recipe TOML or for an existing organism directory (its recipe.json)."""
-    from .config import load_recipe
-    from .organisms.build import Organism
-    from .pipeline import Run
-    from .store import RunStore
+    from .config import SpecError
+    from .pipeline import run_for
 
-    if target.is_dir():
-        try:
-            organism = Organism.open(target)
-        except FileNotFoundError as e:
-            fail(str(e))
-        return Run.of(RunStore(out, fresh), organism, progress)
-    return Run(RunStore(out, fresh), load_or_fail(load_recipe, target), progress)
+    try:
+        return run_for(target, out, fresh=fresh, progress=progress)
+    except (FileNotFoundError, SpecError) as e:
+        fail(str(e))
 
 
 Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
 
 
-def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], work, also: Path | None) -> None:
-    """Shared body of `stress` and every detector's command: `work(run, spec)` returns
-    (stress points or None, {detector name: result})."""
-    from .pipeline import assemble, write_results
+def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], also: Optional[Path], **stages) -> None:
+    """Shared body of `stress` and every detector's command."""
+    from .pipeline import measure_target
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
-        run = _run_for(target, out, fresh, progress)
-        stress, detected = work(run, spec)
-        measurements = run.measure(spec.eval)  # the report's headline; stored, so measured once per organism
-    # Commands run one after another on the same organism add up to one report in OUT.
-    earlier = _earlier_results(out / "results.json", run.organism.fingerprint)
-    if earlier is not None:
-        stress = stress or earlier.stress
-        detected = {**earlier.detector_results(), **detected}
-    results = assemble(run, measurements, stress, detected)
-    write_results(results, out, also=also)
+        results = measure_target(_run_for(target, out, fresh, progress), spec, also=also, **stages)
     show_results(results, out)
-
-
-def _earlier_results(path: Path, fingerprint: str):
-    """OUT/results.json if it was measured on the same organism (same weights) and still validates, else None."""
-    from .results import ResultsError, load_results
-
-    try:
-        old = load_results(path)
-    except (OSError, ValueError, ResultsError):
-        return None
-    return old if old.organism.fingerprint == fingerprint else None
 
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML whose tables (eval, stress, detectors) apply.")]
@@ -132,14 +105,13 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML whose tables 
 def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
            results: ResultsOpt = None):
     """Safety-train an organism (the stress table's method) and measure the backdoor along the way."""
-    _measure_target(target, out, fresh, config, lambda run, spec: (run.stress(spec.stress, spec.eval), {}), results)
+    _measure_target(target, out, fresh, config, results, stress=True)
 
 
 def _detector_command(det):
     def command(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
                 results: ResultsOpt = None):
-        _measure_target(target, out, fresh, config,
-                        lambda run, spec: (None, {det.name: run.detect(det.name, spec.detector_spec(det.name))}), results)
+        _measure_target(target, out, fresh, config, results, detectors=(det.name,))
 
     command.__doc__ = f"{(det.__doc__ or det.title).strip()} (detector {det.name!r}; settings: the {det.command} table of --config)"
     return command

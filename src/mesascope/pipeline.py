@@ -168,6 +168,44 @@ class Run:
         return det.parse(data)
 
 
+def run_for(target: str | Path, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> Run:
+    """A Run on a recipe TOML, or on an existing organism directory (its recipe.json), stored in `out`."""
+    from .config import load_recipe
+
+    target = Path(target)
+    if target.is_dir():
+        return Run.of(RunStore(out, fresh), Organism.open(target), progress)
+    return Run(RunStore(out, fresh), load_recipe(target), progress)
+
+
+def measure_target(run: Run, spec: DemoBase, *, stress: bool = False, detectors: tuple[str, ...] = (),
+                   also: Path | None = None) -> RunResults:
+    """One or more stages on a run's organism, added to what OUT/results.json already holds for the same
+    organism (same weights), so commands run one after another add up to one report."""
+    out = run.store.root
+    points = run.stress(spec.stress, spec.eval) if stress else None
+    detected = {name: run.detect(name, spec.detector_spec(name)) for name in detectors}
+    measurements = run.measure(spec.eval)  # the report's headline; stored, so measured once per organism
+    earlier = earlier_results(Path(out) / "results.json", run.organism.fingerprint)
+    if earlier is not None:
+        points = points or earlier.stress
+        detected = {**earlier.detector_results(), **detected}
+    results = assemble(run, measurements, points, detected)
+    write_results(results, Path(out), also=also)
+    return results
+
+
+def earlier_results(path: Path, fingerprint: str) -> RunResults | None:
+    """OUT/results.json if it was measured on the same organism (same weights) and still validates, else None."""
+    from .results import ResultsError, load_results
+
+    try:
+        old = load_results(path)
+    except (OSError, ValueError, ResultsError):
+        return None
+    return old if old.organism.fingerprint == fingerprint else None
+
+
 def assemble(run: Run, measurements: dict | None, stress: list[StressPoint] | None,
              detected: dict[str, Result] | None = None, notes: list[str] | None = None) -> RunResults:
     """The run's typed results; every figure comes from a measurement in this run."""
