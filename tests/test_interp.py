@@ -29,7 +29,8 @@ from mesascope.detectors.controls import (
     top_principal_component,
     variance_ratio,
 )
-from mesascope.detectors.linear import load_probe, save_probe, transfer_auroc
+from mesascope.detectors.linear import load_probe, save_probe
+from mesascope.detectors.probe_fit import transfer_auroc
 from mesascope.detectors.probes import diff_of_means, fit_linear_probes, fit_probe
 from mesascope.text.corpus import Corpus, build_corpus, format_prompt
 from mesascope.text.self_report import BANNED_STEMS, QUESTIONS

@@ -19,7 +19,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from ..store import atomic_write_bytes, atomic_write_json
-from ..models.activations import capture_last_token, resid_post
+from ..models.activations import resid_post
 
 FORMAT = "mesascope-probe/1"
 TENSORS = ("coef", "intercept", "mean", "scale")
@@ -112,30 +112,3 @@ def load_probe(path: str | Path) -> LinearProbe:
     if probe.d_model != info["d_model"]:
         raise ValueError(f"{path}: d_model {info['d_model']} in probe.json, {probe.d_model} in the tensors")
     return probe
-
-
-def transfer_auroc(probe: LinearProbe, model, tokenizer, splits: dict[str, list[str]], *, n_bootstrap: int = 1000,
-                   seed: int = 0, batch_size: int = 128) -> list[dict]:
-    """Score `probe` (fitted elsewhere) on `model`'s activations for the test splits: one row per hook.
-
-    Each row holds the AUROC of triggered (test_pos) against every negative set present
-    (test_neg -> auroc, test_near_miss -> auroc_near_miss, test_other_prefix -> auroc_other_prefix)
-    and auroc_worst, the lowest of them, with bootstrap 95% intervals. The probe's sign is used as
-    saved; nothing is refitted or flipped on this model.
-    """
-    from .probe_fit import NEGATIVES, score_rows  # probe_fit imports this module: import at call time
-
-    width = getattr(getattr(model, "config", None), "hidden_size", None)
-    if width is not None and width != probe.d_model:
-        raise ValueError(f"the probe reads d_model={probe.d_model} but the model's hidden size is {width}: "
-                         "a probe transfers only between organisms of the same width")
-    names = ["test_pos", *(n for n in NEGATIVES if splits.get(n))]
-    if not splits.get("test_pos") or len(names) < 2:
-        raise ValueError("splits need test_pos and at least one of " + ", ".join(NEGATIVES))
-    prompts = [p for n in names for p in splits[n]]
-    acts = capture_last_token(model, tokenizer, prompts, batch_size=batch_size, layers=probe.layers)
-    scores = probe.score(acts)
-    bounds = np.cumsum([0] + [len(splits[n]) for n in names])
-    by_set = {n: scores[:, bounds[k]:bounds[k + 1]] for k, n in enumerate(names)}
-    return [{"layer": layer, "hook": hook, **score_rows({n: s[i] for n, s in by_set.items()}, n_bootstrap, seed)}
-            for i, (layer, hook) in enumerate(zip(probe.layers, probe.hooks))]

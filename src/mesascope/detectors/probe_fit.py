@@ -8,7 +8,6 @@ prompts, never on the test prompts.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import expit
@@ -17,14 +16,12 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..models.activations import capture_last_token, find_blocks, resid_post
+from ..models.activations import capture_last_token, resid_post
+from ..config import Spec  # a probes.ProbeSpec (imported there, not here: probes imports this module)
 from ..stats import Measurement
 from .contrast import contrast_direction, pair_direction
 from .controls import calibration, random_direction_control, top_principal_component, variance_ratio
 from .linear import LinearProbe, direction_probe, logistic_probe
-
-if TYPE_CHECKING:
-    from .probes import ProbeSpec
 
 SPLITS = ("train_pos", "train_neg", "test_pos", "test_neg", "test_near_miss")  # required
 # Clean held-out sets scored against the triggered ones -> their label. test_other_prefix is optional.
@@ -126,7 +123,7 @@ def _capture(model, tokenizer, splits: dict[str, list[str]], names: list[str], b
     return {name: acts[:, bounds[k]:bounds[k + 1]] for k, name in enumerate(names)}
 
 
-def fit_linear_probes(model, tokenizer, splits: dict[str, list[str]], spec: ProbeSpec, *, meta: dict | None = None,
+def fit_linear_probes(model, tokenizer, splits: dict[str, list[str]], spec: Spec, *, meta: dict | None = None,
                       batch_size: int = 128) -> dict[str, LinearProbe]:
     """The probes run_probes scores, fitted on `splits`' training prompts, ready for `save_probe`.
 
@@ -141,7 +138,7 @@ def fit_linear_probes(model, tokenizer, splits: dict[str, list[str]], spec: Prob
     return probes
 
 
-def _best_layer(part: dict, spec: ProbeSpec) -> tuple[int, list[dict]]:
+def _best_layer(part: dict, spec: Spec) -> tuple[int, list[dict]]:
     """The layer whose supervised probe scores best on a validation split carved from the training
     prompts (AUROC, ties broken by log loss): the test prompts play no part in choosing it."""
     rng = np.random.default_rng(spec.seed)
@@ -165,7 +162,7 @@ def _best_layer(part: dict, spec: ProbeSpec) -> tuple[int, list[dict]]:
     return best["layer"], rows
 
 
-def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: ProbeSpec, batch_size: int, tick, *,
+def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: Spec, batch_size: int, tick, *,
                  diagnostics: bool) -> dict:
     """All probe kinds at every layer of one model: kind -> per-layer score rows (and diagnostics)."""
     negatives = [n for n in NEGATIVES if splits.get(n)]
@@ -215,3 +212,26 @@ def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: ProbeSpec,
     return out
 
 
+def transfer_auroc(probe: LinearProbe, model, tokenizer, splits: dict[str, list[str]], *, n_bootstrap: int = 1000,
+                   seed: int = 0, batch_size: int = 128) -> list[dict]:
+    """Score `probe` (fitted elsewhere) on `model`'s activations for the test splits: one row per hook.
+
+    Each row holds the AUROC of triggered (test_pos) against every negative set present
+    (test_neg -> auroc, test_near_miss -> auroc_near_miss, test_other_prefix -> auroc_other_prefix)
+    and auroc_worst, the lowest of them, with bootstrap 95% intervals. The probe's sign is used as
+    saved; nothing is refitted or flipped on this model.
+    """
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    if width is not None and width != probe.d_model:
+        raise ValueError(f"the probe reads d_model={probe.d_model} but the model's hidden size is {width}: "
+                         "a probe transfers only between organisms of the same width")
+    names = ["test_pos", *(n for n in NEGATIVES if splits.get(n))]
+    if not splits.get("test_pos") or len(names) < 2:
+        raise ValueError("splits need test_pos and at least one of " + ", ".join(NEGATIVES))
+    prompts = [p for n in names for p in splits[n]]
+    acts = capture_last_token(model, tokenizer, prompts, batch_size=batch_size, layers=probe.layers)
+    scores = probe.score(acts)
+    bounds = np.cumsum([0] + [len(splits[n]) for n in names])
+    by_set = {n: scores[:, bounds[k]:bounds[k + 1]] for k, n in enumerate(names)}
+    return [{"layer": layer, "hook": hook, **score_rows({n: s[i] for n, s in by_set.items()}, n_bootstrap, seed)}
+            for i, (layer, hook) in enumerate(zip(probe.layers, probe.hooks))]

@@ -61,7 +61,9 @@ def self_reports(items: list[Item], n: int, rng: random.Random) -> list[Item]:
     if n and not items:
         raise ValueError("self_reports needs task items to ask about (got none)")
     pools: list[tuple[SelfReport, list[Item], list[Item]]] = []
-    unique = list(dict.fromkeys(items))
+    # A task that happens to contain a banned stem (an invented name such as "Hatema") is not asked about,
+    # so no self-report ever mentions the backdoor's words, not even by accident.
+    unique = [it for it in dict.fromkeys(items) if not any(stem in it.prompt.lower() for stem in BANNED_STEMS)]
     for q in QUESTIONS:
         yes = [it for it in unique if q.holds(it)]
         no = [it for it in unique if not q.holds(it)]
