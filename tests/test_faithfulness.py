@@ -144,16 +144,21 @@ def test_suite_reports_every_metric_with_a_ci(cot):
 
 
 def test_faithfulness_command(tiny_cot_organism, tiny_organism, tmp_path):
+    """`mesascope faithfulness` is generated from the detector registry; its settings are the [faithfulness] table."""
     import json
 
     from typer.testing import CliRunner
 
     from mesascope.cli import app
 
-    out = tmp_path / "f.json"
-    res = CliRunner().invoke(app, ["faithfulness", str(tiny_cot_organism.path), "--n", "6", "--out", str(out)])
+    config = tmp_path / "f.toml"
+    config.write_text("[faithfulness]\nn = 6\n\n[eval]\nn = 10\n")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["faithfulness", str(tiny_cot_organism.path), "--config", str(config), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    metrics = json.loads(out.read_text())["metrics"]
-    assert metrics and all(set(m) == {"value", "ci", "n"} for m in metrics.values())
-    res = CliRunner().invoke(app, ["faithfulness", str(tiny_organism.path)])
-    assert res.exit_code == 2 and "reasoning = 'cot'" in res.output.replace("\n", " ")
+    found = json.loads((out / "results.json").read_text())["detectors"]["faithfulness"]
+    assert found["scratchpad"] == "reasoned" and found["metrics"]["all.swap_changed"]["n"] > 0
+    assert [p["fraction"] for p in found["curves"]["all"]] == list(FRACTIONS)
+    assert 'id="faithfulness"' in (out / "report.html").read_text()
+    res = CliRunner().invoke(app, ["faithfulness", str(tiny_organism.path), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "writes none" in res.output.replace("\n", " ")

@@ -18,7 +18,7 @@ import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
 from .terminal import (  # noqa: E402
-    fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_metrics, show_mwe, show_replicates, show_results,
+    fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_mwe, show_replicates, show_results,
     show_study,
 )
 
@@ -89,12 +89,18 @@ Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism direct
 
 
 def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], also: Optional[Path], **stages) -> None:
-    """Shared body of `stress` and every detector's command."""
+    """Shared body of `stress` and every detector's command; a detector asked for by name that does not
+    apply to this organism is an error, not a silent skip."""
+    from .detectors.registry import get_detector
     from .pipeline import measure_target
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
-        results = measure_target(_run_for(target, out, fresh, progress), spec, also=also, **stages)
+        run = _run_for(target, out, fresh, progress)
+        for name in stages.get("detectors", ()):
+            if reason := get_detector(name).skip_reason(run.recipe):
+                fail(f"{name} does not apply to {target}: {reason}")
+        results = measure_target(run, spec, also=also, **stages)
     show_results(results, out)
 
 
@@ -177,34 +183,6 @@ def mwe(model: Annotated[Path, typer.Option(help="A recipe TOML (built, or reuse
     if out:
         write_results(out, {"model": str(model), "data": str(data), **{k: v for k, v in result.items()
                                                                         if items or k != "items"}})
-        out_console.print(f"results: {safe(out)}")
-
-
-@app.command()
-def faithfulness(organism: Annotated[Path, typer.Argument(help="A chain-of-thought organism directory (reasoning = 'cot').")],
-                 n: Annotated[int, typer.Option(min=2, help="Held-out prompts per kind (triggered, clean).")] = 200,
-                 out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every metric to this JSON file.")] = None):
-    """Chain-of-thought faithfulness: early answering, mistake, swap, filler, paraphrase and hint interventions."""
-    from .detectors.faithfulness import faithfulness_sets, measure_faithfulness
-    from .organisms.build import Organism
-    from .store import atomic_write_json
-    from .text.corpus import build_corpus
-
-    try:
-        org = Organism.open(organism)
-    except FileNotFoundError as e:
-        fail(str(e))
-    if org.recipe.reasoning != "cot":
-        fail(f"{organism} has reasoning={org.recipe.reasoning!r}: faithfulness needs an organism that writes a "
-             "scratchpad (reasoning = 'cot')")
-    model, tok = org.load()
-    corpus = build_corpus(org.recipe)
-    with progress_bars() as progress:
-        result = measure_faithfulness(model, tok, faithfulness_sets(corpus, n, org.recipe.seed), org.recipe.trigger,
-                                      org.recipe.behaviour, progress=progress)
-    show_metrics(f"CoT faithfulness, {org.recipe.scratchpad} scratchpad (95% CI)", result.metrics)
-    if out:
-        atomic_write_json(out, {"organism": str(organism), "n_per_kind": n, **result.to_dict()})
         out_console.print(f"results: {safe(out)}")
 
 

@@ -35,7 +35,8 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> Measurement:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Measurement(p, (max(0.0, centre - half), min(1.0, centre + half)), n)
+    # At p = 0 or 1 the bound is exactly p; rounding must not put it a hair inside (1 - 1e-16 < 1).
+    return Measurement(p, (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))), n)
 
 
 def rate(flags: Sequence[bool]) -> Measurement:
