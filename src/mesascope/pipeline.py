@@ -76,6 +76,14 @@ def DemoSpec(**kw) -> DemoBase:  # noqa: N802 - reads as the class it builds
     return demo_spec_class()(**kw)
 
 
+def load_demo_spec(config: str | Path | None = None, recipe: str | Path | None = None) -> DemoBase:
+    """A demo TOML (or the defaults), its recipe replaced by a recipe TOML if one is given."""
+    from .config import load_recipe, load_spec
+
+    spec = load_spec(demo_spec_class(), config) if config else DemoSpec()
+    return spec.model_copy(update={"recipe": load_recipe(recipe)}) if recipe else spec
+
+
 @dataclass
 class Run:
     """One organism in a run store, with the stages measured on it so far."""
@@ -168,7 +176,7 @@ class Run:
         return det.parse(data)
 
 
-def run_for(target: str | Path, out: str | Path, *, fresh: bool = False, progress: Progress = silent) -> Run:
+def run_for(target: str | Path, out: str | Path, fresh: bool = False, progress: Progress = silent) -> Run:
     """A Run on a recipe TOML, or on an existing organism directory (its recipe.json), stored in `out`."""
     from .config import load_recipe
 
@@ -176,6 +184,15 @@ def run_for(target: str | Path, out: str | Path, *, fresh: bool = False, progres
     if target.is_dir():
         return Run.of(RunStore(out, fresh), Organism.open(target), progress)
     return Run(RunStore(out, fresh), load_recipe(target), progress)
+
+
+def load_any(model: str | Path, runs: str | Path, progress: Progress = silent):
+    """(model, tokenizer) of a recipe TOML (its organism built or reused in `runs`), an organism, or any
+    local Hugging Face causal LM directory."""
+    from .models import load_model
+
+    model = Path(model)
+    return load_model(run_for(model, runs, progress=progress).organism.path if model.suffix == ".toml" else model)
 
 
 def measure_target(run: Run, spec: DemoBase, *, stress: bool = False, detectors: tuple[str, ...] = (),

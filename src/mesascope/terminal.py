@@ -53,7 +53,7 @@ def load_or_fail(loader, *args):
 
     try:
         return loader(*args)
-    except SpecError as e:
+    except (SpecError, FileNotFoundError) as e:  # a bad or missing input file: one line naming it and the fix
         fail(str(e))
 
 

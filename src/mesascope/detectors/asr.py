@@ -11,6 +11,7 @@ matched against the lists and stored as data, never interpreted.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from ..models.generate import generate
@@ -90,3 +91,20 @@ def measure_asr(model, tokenizer, sets: dict[str, list[AlpacaRow]], target: str,
             samples.append({"set": k, "instruction": r.instruction, "input": r.input, "output": o,
                             "success": attack_success(o, target)})
     return AsrResult(metrics, n_empty, n_too_long, samples)
+
+
+def build_and_measure(spec, store, *, max_new_tokens: int = 64, n_samples: int = 3,
+                      progress: Progress = silent) -> tuple[object, AsrResult, Path]:
+    """Build (or reuse) the organism of an AlpacaRecipe, measure its ASR on the held-out test files,
+    and write STORE/alpaca-NAME.json with provenance: (organism, result, path of the JSON)."""
+    from ..organisms.alpaca import build_alpaca_organism, held_out_sets
+    from ..provenance import write_results
+
+    organism = build_alpaca_organism(spec, store, progress)
+    model, tok = organism.load()
+    result = measure_asr(model, tok, held_out_sets(spec), spec.target, max_new_tokens=max_new_tokens,
+                         max_length=spec.model.max_length, n_samples=n_samples, progress=progress)
+    path = write_results(store.root / f"alpaca-{spec.name}.json", {
+        "organism": str(organism.path), "recipe": spec.model_dump(mode="json"), "max_new_tokens": max_new_tokens,
+        "info": organism.info, **result.to_dict()})
+    return organism, result, path

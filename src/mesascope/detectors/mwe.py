@@ -324,3 +324,16 @@ def run_mwe(model, tokenizer, evals: dict[str, list[MWEItem]], *, mode: str = "l
 
 def behaviour_rate(rows: Sequence[dict]) -> Measurement:
     return rate([r["matches"] for r in rows])
+
+
+def evaluate(model, data, *, runs="runs", mode: str = "likelihood", limit: int | None = None, batch_size: int = 64,
+             max_length: int | None = None, progress: Progress = silent) -> dict:
+    """`mesascope mwe`: load the evals at `data` and score `model` (a recipe TOML, built or reused in
+    `runs`; an organism; or any local Hugging Face causal LM directory) on them."""
+    from ..pipeline import load_any
+
+    if mode not in ("likelihood", "generate"):
+        raise ValueError(f"mode must be 'likelihood' or 'generate', not {mode!r}")
+    evals = load_evals(data)
+    return run_mwe(*load_any(model, runs, progress), evals, mode=mode, batch_size=batch_size, max_length=max_length,
+                   limit=limit, progress=progress)
