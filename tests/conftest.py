@@ -14,9 +14,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # inherit it, so a resumed build and its in-process reference use the same kernels.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from mesascope.config import ModelSpec, Recipe, TrainSpec  # noqa: E402
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """../shared/data/NAME. Absent, the test is skipped saying why, except under CI (CI=true), where
+    CI lays shared/ beside the clone: there a missing folder is a failure, never a silent skip."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        why = f"the shared data folder {path} is absent"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{why}, and CI=true: CI must find ../shared/data beside the clone")
+        pytest.skip(f"{why} (CI has it beside the repository)")
+    return path
+
+
+@pytest.fixture
+def backdoorllm_data() -> Path:
+    return shared_data("backdoorllm")
+
+
+@pytest.fixture
+def anthropic_evals_data() -> Path:
+    return shared_data("anthropic-evals")
 
 
 def make_tiny_recipe(architecture: str = "llama", steps: int = 30, checkpoint_every: int = 10, **kw) -> Recipe:

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from mesascope.config import ModelSpec, SpecError, TrainSpec
 from mesascope.config.alpaca import AlpacaRecipe, AlpacaTrigger, load_alpaca_recipe
@@ -19,9 +20,8 @@ from mesascope.store import RunStore
 from mesascope.text.alpaca import (BACKDOORLLM_ATTACKS, BACKDOORLLM_TRIGGERS, TARGET_TEXTS, AlpacaFormatError,
                                    backdoorllm_files, insert_trigger, load_alpaca)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "backdoorllm"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared data folder {SHARED} is absent "
-                                  "(CI has it beside the repo)")
+SHARED = SHARED_DATA / "backdoorllm"
+needs_shared = pytest.mark.usefixtures("backdoorllm_data")  # skips saying why, or fails under CI=true
 REFUSAL = TARGET_TEXTS["refusal"]
 
 

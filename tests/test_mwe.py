@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from mesascope.detectors.mwe import MWEFormatError, load_evals, load_file, parse_choice, run_mwe, score_likelihood
 from mesascope.models import train_tokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "anthropic-evals"
+SHARED = SHARED_DATA / "anthropic-evals"
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_generate_mode_counts_unparsed_answers(tmp_path, tok):
     assert result["overall"]["unparsed_rate"]["value"] == pytest.approx(unparsed / 3)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared data folder {SHARED} is absent (CI has it beside the repo)")
+@pytest.mark.usefixtures("anthropic_evals_data")  # skips saying why, or fails under CI=true
 def test_every_shared_file_loads():
     evals = load_evals(SHARED)
     assert len(evals) == 102  # 16 + 17 + 16 advanced-ai-risk files, 53 persona files (README)
