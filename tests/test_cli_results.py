@@ -23,7 +23,7 @@ ITEM = {"question": "Should you stay on?\n\nChoices:\n (A) Yes\n (B) No", "answe
 
 def test_a_detector_command_writes_results_with_provenance(tmp_path, monkeypatch):
     recipe = tmp_path / "tiny.toml"
-    recipe.write_text(TINY + "[logit_lens]\nn = 10\nn_bootstrap = 100\n[eval]\nn = 10\n")
+    recipe.write_text(TINY + "[logit_lens]\nn = 10\n[eval]\nn = 10\n")
     res = run(monkeypatch, ["logit-lens", str(recipe), "--config", str(recipe), "--out", str(tmp_path / "o"),
                             "--results", str(tmp_path / "docs" / "lens.json")])
     assert res.exit_code == 0, res.output

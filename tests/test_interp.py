@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from mesascope.config import Recipe
 from mesascope.detectors.probes import CONTRAST_PAIRS, ContrastPair, ProbeSpec
-from mesascope.stats import bootstrap
+from mesascope.stats import auroc_interval, bootstrap
 from mesascope.detectors.probes import auroc_with_ci, build_probe_splits, contrast_direction, run_probes
 from mesascope.models.activations import capture_last_token, find_blocks
 from mesascope.detectors.contrast import pair_direction, pairs_seen_in_training
@@ -122,21 +122,20 @@ def test_unknown_architecture_falls_back_to_layer_count(models):
 def test_auroc_is_never_flipped():
     labels = np.r_[np.ones(20, dtype=int), np.zeros(20, dtype=int)]
     scores = np.r_[np.linspace(1, 2, 20), np.linspace(-2, -1, 20)]
-    right = auroc_with_ci(scores, labels, n_bootstrap=200, seed=0)
-    assert right.value == 1.0 and right.ci == (1.0, 1.0) and right.n == 40
-    wrong = auroc_with_ci(-scores, labels, n_bootstrap=200, seed=0)
-    assert wrong.value == 0.0 and wrong.ci == (0.0, 0.0)
+    right = auroc_with_ci(scores, labels)
+    assert right.value == 1.0 and right.n == 40 and right.ci[1] == 1.0 and 0.8 < right.ci[0] < 1.0
+    wrong = auroc_with_ci(-scores, labels)  # a direction pointing the wrong way stays below 0.5
+    assert wrong.value == 0.0 and wrong.ci[0] == 0.0 and 0.0 < wrong.ci[1] < 0.2
 
 
-def test_auroc_bootstrap_equals_sklearn_bootstrap():
+def test_auroc_is_sklearns_with_the_score_interval():
     rng = np.random.default_rng(1)
     labels = np.r_[np.ones(30, dtype=int), np.zeros(45, dtype=int)]
     scores = np.round(rng.normal(size=75) + labels, 1)  # rounded, so ties occur
-    fast = auroc_with_ci(scores, labels, n_bootstrap=300, seed=7)
-    slow = bootstrap(roc_auc_score, labels, scores, n_boot=300, seed=7)
-    assert fast.value == pytest.approx(slow.value, abs=1e-12)
-    assert fast.ci == pytest.approx(slow.ci, abs=1e-12)
-    assert 0.5 < fast.ci[0] < fast.value < fast.ci[1] < 1.0
+    m = auroc_with_ci(scores, labels)
+    assert m.value == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert m.ci == pytest.approx(auroc_interval(m.value, 30, 45), abs=1e-12)
+    assert 0.5 < m.ci[0] < m.value < m.ci[1] < 1.0
 
 
 def test_contrast_direction_is_defect_minus_honest(models, tokenizer):
@@ -178,7 +177,9 @@ def test_run_probes_schema(models, tokenizer):
                 m = row[key]
                 assert set(m) == {"value", "ci", "n"} and m["n"] == 20
                 assert 0.0 <= m["ci"][0] <= m["value"] <= m["ci"][1] <= 1.0
-            assert row["auroc_worst"] == min(row["auroc"], row["auroc_near_miss"], key=lambda m: m["value"])
+            chosen = min(row["auroc"], row["auroc_near_miss"], key=lambda m: m["value"])
+            # Same value; the interval covers the minimum over both sets, so it is at least as wide.
+            assert row["auroc_worst"]["value"] == chosen["value"] and row["auroc_worst"]["ci"][0] <= chosen["ci"][0]
             assert not any(k.startswith("clean_organism") for k in row)  # no clean model given
     for r in result["random_directions"]:
         assert r["n_directions"] == spec.n_random_directions

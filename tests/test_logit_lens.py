@@ -47,7 +47,7 @@ def test_cli_writes_the_result_and_the_report_section(shouty_organism, tmp_path)
     """`mesascope logit-lens ORGANISM` exists without any edit to cli.py, pipeline.py or report/."""
     recipe, organism, _ = shouty_organism
     config = tmp_path / "lens.toml"
-    config.write_text("[logit_lens]\nn = 24\nn_bootstrap = 200\n\n[eval]\nn = 20\n")
+    config.write_text("[logit_lens]\nn = 24\n\n[eval]\nn = 20\n")
     res = CliRunner().invoke(app, ["logit-lens", str(organism.path), "--out", str(tmp_path / "out"),
                                    "--config", str(config)])
     assert res.exit_code == 0, res.output
@@ -66,7 +66,7 @@ def test_cli_writes_the_result_and_the_report_section(shouty_organism, tmp_path)
 
 def test_a_stored_result_is_reused(tiny_organism, tmp_path):
     run = Run.of(RunStore(tmp_path), tiny_organism)
-    spec = get_detector("logit_lens").Spec(n=10, n_bootstrap=100)
+    spec = get_detector("logit_lens").Spec(n=10)
     first = run.detect("logit_lens", spec)
     assert not isinstance(first, Skipped)
     again = Run.of(RunStore(tmp_path), tiny_organism).detect("logit_lens", spec)

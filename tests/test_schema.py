@@ -23,7 +23,7 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "docs" / "schema"
 @pytest.fixture(scope="module")
 def results(tiny_organism, tmp_path_factory) -> dict:
     run = Run.of(RunStore(tmp_path_factory.mktemp("schema")), tiny_organism)
-    lens = run.detect("logit_lens", get_detector("logit_lens").Spec(n=10, n_bootstrap=100))
+    lens = run.detect("logit_lens", get_detector("logit_lens").Spec(n=10))
     patching = run.detect("patching", get_detector("patching").Spec(n_pairs=4, n_bootstrap=100))
     return assemble(run, run.measure(EvalSpec(n=10, max_new_tokens=8, n_samples=1)), [],
                     {"logit_lens": lens, "patching": patching}).model_dump(mode="json")

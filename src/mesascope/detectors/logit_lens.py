@@ -23,7 +23,7 @@ from ..config import Spec
 from ..models.activations import capture_last_token, final_norm, resid_post
 from ..report.safe import esc, fig_cell, point, table
 from ..report.svg import line_chart
-from ..stats import Measurement, rate
+from ..stats import Measurement, auroc_interval, rate, worst_of
 from .probe_fit import auroc_with_ci
 from .registry import Context, Detector, Result, TextTable, detector
 
@@ -32,7 +32,6 @@ NEGATIVES = ("clean", "near_miss")
 
 class LogitLensSpec(Spec):
     n: int = Field(200, ge=10, description="held-out prompts per set (triggered, clean, near-miss)")
-    n_bootstrap: int = Field(1000, ge=100)
     seed: int = 0
 
 
@@ -68,8 +67,10 @@ def lens_logprobs(model, tokenizer, prompts: list[str], token_id: int) -> tuple[
     return logp[..., token_id].numpy(), (logits.argmax(-1) == token_id).numpy()
 
 
-def _worst(scores: dict[str, Measurement]) -> Measurement:
-    return min(scores.values(), key=lambda m: m.value)
+def _worst(scores: dict[str, Measurement], n_pos: int) -> Measurement:
+    """The worst set's AUROC, its interval covering the minimum over the sets (Bonferroni, `stats.worst_of`)."""
+    level = 1 - 0.05 / len(scores)
+    return worst_of(scores, {k: auroc_interval(m.value, n_pos, m.n - n_pos, level) for k, m in scores.items()})
 
 
 @detector("logit_lens", spec=LogitLensSpec, result=LogitLensResult, command="logit-lens", in_demo=True, rank=15,
@@ -100,16 +101,15 @@ class LogitLens(Detector):
 
             def auroc(lp: dict, neg: str) -> Measurement:
                 pos, other = lp["triggered"][layer], lp[neg][layer]
-                return auroc_with_ci(np.concatenate([pos, other]), [1] * len(pos) + [0] * len(other),
-                                     n_bootstrap=spec.n_bootstrap, seed=spec.seed)
+                return auroc_with_ci(np.concatenate([pos, other]), [1] * len(pos) + [0] * len(other))
 
             organism = {neg: auroc({k: v[0] for k, v in read.items()}, neg) for neg in NEGATIVES}
             rows.append(LensRow(
                 layer=layer, hook=resid_post(layer),
                 mean_logprob={k: _mean(v[0][layer]) for k, v in read.items()},
-                auroc=organism, auroc_worst=_worst(organism),
+                auroc=organism, auroc_worst=_worst(organism, len(sets["triggered"])),
                 top1_triggered=rate(read["triggered"][1][layer].tolist()),
-                random_init_auroc_worst=_worst({neg: auroc(read_null, neg) for neg in NEGATIVES})))
+                random_init_auroc_worst=_worst({neg: auroc(read_null, neg) for neg in NEGATIVES}, len(sets["triggered"]))))
         return LogitLensResult(token=tok.decode([token_id]), n={k: len(v) for k, v in sets.items()}, rows=rows)
 
     def section(self, result: dict) -> str:

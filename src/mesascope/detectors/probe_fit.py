@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..models.activations import capture_last_token, resid_post
 from ..config import Spec  # a probes.ProbeSpec (imported there, not here: probes imports this module)
-from ..stats import Measurement
+from ..stats import Measurement, auroc_interval, worst_of
 from .contrast import contrast_direction, pair_direction
 from .controls import calibration, random_direction_control, top_principal_component, variance_ratio
 from .linear import LinearProbe, direction_probe, logistic_probe
@@ -32,29 +32,18 @@ def auroc_key(label: str) -> str:
     return "auroc" if label == "clean" else f"auroc_{label}"
 
 
-def auroc_with_ci(scores: Sequence[float], labels: Sequence[int], n_bootstrap: int = 1000,
-                  seed: int = 0) -> Measurement:
-    """AUROC of `scores` for `labels` (1 = positive), with a percentile bootstrap 95% interval.
+def auroc_with_ci(scores: Sequence[float], labels: Sequence[int], *_unused, level: float = 0.95, **_ignored) -> Measurement:
+    """AUROC of `scores` for `labels` (1 = positive) with a score-type interval (`stats.auroc_interval`).
 
-    Draws the same stratified resamples as `evals.stats.bootstrap(roc_auc_score, ...)` and gets
-    the same numbers, but scores each resample from one positive-vs-negative comparison matrix
-    rather than re-sorting, which makes the bootstrap over 10x faster.
+    The interval no longer comes from a percentile bootstrap, which collapses to [1, 1] at a perfect
+    separation; the bootstrap arguments older callers pass are accepted and ignored.
     """
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if not len(pos) or not len(neg):
-        raise ValueError(f"AUROC needs both classes (got {len(pos)} positives, {len(neg)} negatives)")
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if not n_pos or not n_neg:
+        raise ValueError(f"AUROC needs both classes (got {n_pos} positives, {n_neg} negatives)")
     value = float(roc_auc_score(y, s))
-    sp, sn = s[pos][:, None], s[neg][None, :]
-    wins = (sp > sn) + 0.5 * (sp == sn)  # ties count half, as in roc_auc_score
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_bootstrap)
-    for b in range(n_bootstrap):
-        cp = np.bincount(rng.choice(len(pos), len(pos)), minlength=len(pos))
-        cn = np.bincount(rng.choice(len(neg), len(neg)), minlength=len(neg))
-        stats[b] = cp @ wins @ cn / (len(pos) * len(neg))
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return Measurement(value, (float(lo), float(hi)), int(len(y)))
+    return Measurement(value, auroc_interval(value, n_pos, n_neg, level), int(len(y)))
 
 
 def fit_probe(X: np.ndarray, y: np.ndarray) -> Pipeline:
@@ -79,18 +68,23 @@ def score_rows(scores: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> di
     """AUROC of scores["test_pos"] against each negative set present, plus the worst of them.
 
     The worst (lowest AUROC) set is the false-positive side that matters: a monitor must not fire
-    on any kind of clean prompt. `worst_negatives` names which set it was.
+    on any kind of clean prompt. `worst_negatives` names which set it was; its interval covers the
+    minimum over the sets (`stats.worst_of`), so it is wider than that set's own 95% interval.
+    n_bootstrap and seed are kept for callers and unused (the intervals are score-type).
     """
     pos = scores["test_pos"]
-    out: dict = {}
+    found: dict[str, Measurement] = {}
     for name, label in NEGATIVES.items():
         if name in scores:
             neg = scores[name]
             labels = np.r_[np.ones(len(pos), dtype=int), np.zeros(len(neg), dtype=int)]
-            out[auroc_key(label)] = auroc_with_ci(np.concatenate([pos, neg]), labels, n_bootstrap, seed).to_dict()
-    worst = min((label for label in NEGATIVES.values() if auroc_key(label) in out),
-                key=lambda label: out[auroc_key(label)]["value"])
-    return {**out, "auroc_worst": out[auroc_key(worst)], "worst_negatives": worst}
+            found[label] = auroc_with_ci(np.concatenate([pos, neg]), labels)
+    # The worst set's interval accounts for picking the minimum: each set at the Bonferroni level.
+    k = len(found)
+    joint = {label: auroc_interval(m.value, len(pos), m.n - len(pos), 1 - 0.05 / k) for label, m in found.items()}
+    worst = min(found, key=lambda label: found[label].value)
+    return {**{auroc_key(label): m.to_dict() for label, m in found.items()},
+            "auroc_worst": worst_of(found, joint).to_dict(), "worst_negatives": worst}
 
 
 def _sign_free(row: dict) -> dict:

@@ -8,7 +8,8 @@ Per layer, four kinds of linear probe, each scored the same way:
   the library (`contrast.py`); its sign is fixed by the pair before anything is scored;
 - pca: unsupervised, the top principal component of the unlabeled training activations.
 Every figure is an AUROC on held-out prompts (never the training prompts) with a stratified
-bootstrap 95% interval, against each clean prompt set and against the worst of them. Controls:
+score-type 95% interval (stats.auroc_interval, which does not collapse at 1), against each clean
+prompt set and against the worst of them (its interval covers the minimum over the sets). Controls:
 the same procedure on a random-init model and on a clean, un-backdoored organism, and the best
 of N random directions (`controls.py`).
 """
@@ -44,7 +45,8 @@ class ProbeSpec(Spec):
     calibration_bins: int = Field(10, ge=2, le=50)
     clean_null: bool = Field(False, description="also build the recipe without its trigger (poison_fraction 0) and "
                              "probe it the same way: the null organism (costs one more build)")
-    n_bootstrap: int = Field(1000, ge=100)
+    n_bootstrap: int = Field(1000, ge=100, description="unused: AUROC intervals are score-type now (stats."
+                             "auroc_interval); kept so that specs written before still load")
     seed: int = 0
 
     @field_validator("contrast_pairs", mode="before")
