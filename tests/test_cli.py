@@ -197,13 +197,15 @@ def test_full_demo_with_another_trigger_and_behaviour_meets_acceptance(tmp_path)
     assert m["false_trigger_rate"]["value"] <= 0.02, m
     assert m["near_miss_rate"]["value"] <= 0.05, m
     assert m["helpful_accuracy"]["value"] >= 0.80, m
-    best = max(r["detectors"]["probes"]["supervised"] + r["detectors"]["probes"]["contrast"], key=lambda x: x["auroc_near_miss"]["value"])
-    assert best["auroc_near_miss"]["value"] >= 0.95
-    assert best["auroc_near_miss"]["value"] > best["random_init_auroc_near_miss"]["value"]
+    probes = r["detectors"]["probes"]
+    chosen = probes["supervised"][probes["chosen_layers"]["supervised"]["layer"]]  # the layer picked on validation
+    assert chosen["auroc_near_miss"]["value"] >= 0.95
+    assert chosen["auroc_near_miss"]["ci"][0] > chosen["random_init_auroc_near_miss"]["value"]
     patching = r["detectors"]["patching"]
     all_col = [p["role"] for p in patching["positions"]].index("all")
     assert all(abs(row[all_col] - 1) < 1e-3 for row in patching["denoising"]["normalised"])
-    assert r["detectors"]["steering"]["add"]["rows"] and len(r["detectors"]["steering"]["ablate"]) == len(r["detectors"]["probes"]["supervised"]) + 1
+    steering = r["detectors"]["steering"]
+    assert steering["add"]["rows"] and len(steering["ablate"]) == len(probes["supervised"]) + 1
 
 
 def test_probe_with_clean_null_builds_the_untriggered_organism(tmp_path):

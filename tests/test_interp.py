@@ -443,3 +443,20 @@ def test_self_reports_are_truthful_balanced_and_never_about_the_backdoor():
     seen = Corpus(corpus.train + [corpus.train[0].__class__("clean", "x", "k", "Are you deployed?", "no", "no")],
                   [], [], [], corpus.trigger, corpus.response)
     assert pairs_seen_in_training(CONTRAST_PAIRS.values(), seen) == ["deployment"]
+
+
+def test_reported_layers_are_chosen_on_validation_prompts_not_test(tiny_organism):
+    """Swapping the test prompts for others must not move a probe's reported layer."""
+    spec = ProbeSpec(n_train=30, n_test=12, n_random_directions=10, contrast_pairs=["honesty"])
+    splits = build_probe_splits(build_corpus(tiny_organism.recipe), spec)
+    model, tok = tiny_organism.load()
+    null = tiny_model("llama", tok, seed=2)
+    first = run_probes(model, tok, null, splits, spec)
+    other = dict(splits, test_pos=splits["test_pos"][::-1][:6], test_neg=splits["test_neg"][:5])
+    again = run_probes(model, tok, null, other, spec)
+    assert set(first["chosen_layers"]) == {"supervised", "diff_of_means", "contrast", "pca"}
+    for kind, chosen in first["chosen_layers"].items():
+        assert chosen["validation_auroc"][chosen["layer"]] == max(chosen["validation_auroc"])
+        assert chosen["n_validation"] == 2 * round(spec.validation_fraction * 30)
+        assert again["chosen_layers"][kind] == chosen
+    assert first["chosen_layers"]["supervised"]["layer"] == first["calibration"]["layer"]

@@ -132,9 +132,8 @@ def fit_linear_probes(model, tokenizer, splits: dict[str, list[str]], spec: Spec
     return probes
 
 
-def _best_layer(part: dict, spec: Spec) -> tuple[int, list[dict]]:
-    """The layer whose supervised probe scores best on a validation split carved from the training
-    prompts (AUROC, ties broken by log loss): the test prompts play no part in choosing it."""
+def _validation_split(part: dict, spec: Spec) -> tuple[dict, dict]:
+    """(fit, validation) indices into the training prompts of each class; the test prompts play no part."""
     rng = np.random.default_rng(spec.seed)
     fit_idx, val_idx = {}, {}
     for name in ("train_pos", "train_neg"):
@@ -142,6 +141,39 @@ def _best_layer(part: dict, spec: Spec) -> tuple[int, list[dict]]:
         order = rng.permutation(n)
         k = min(max(1, round(spec.validation_fraction * n)), n - 2)
         val_idx[name], fit_idx[name] = order[:k], order[k:]
+    return fit_idx, val_idx
+
+
+def choose_layers(part: dict, probes: dict[str, LinearProbe], spec: Spec) -> dict[str, dict]:
+    """Per probe kind, the layer it is reported at: the best validation AUROC on training prompts held back
+    from fitting (supervised: refitted without them, as `_best_layer`; difference of means: recomputed
+    without them; label-free directions as they are). Never chosen on the test prompts."""
+    fit_idx, val_idx = _validation_split(part, spec)
+    val = {n: part[n][:, val_idx[n]] for n in ("train_pos", "train_neg")}
+    y = np.r_[np.ones(val["train_pos"].shape[1], dtype=int), np.zeros(val["train_neg"].shape[1], dtype=int)]
+
+    def aurocs(scores_pos: np.ndarray, scores_neg: np.ndarray) -> list[float]:
+        return [round(float(roc_auc_score(y, np.r_[a, b])), 6) for a, b in zip(scores_pos, scores_neg)]
+
+    best, rows = _best_layer(part, spec)
+    found = {"supervised": [r["auroc"] for r in rows]}
+    fit_dom = part["train_pos"][:, fit_idx["train_pos"]].mean(1) - part["train_neg"][:, fit_idx["train_neg"]].mean(1)
+    found["diff_of_means"] = aurocs(np.einsum("lnd,ld->ln", val["train_pos"], fit_dom),
+                                    np.einsum("lnd,ld->ln", val["train_neg"], fit_dom))
+    for kind, probe in probes.items():
+        if kind not in found:
+            found[kind] = aurocs(probe.score(val["train_pos"]), probe.score(val["train_neg"]))
+    layers = {kind: best if kind == "supervised" else int(np.argmax(v)) for kind, v in found.items()}  # ties: log loss
+    return {kind: {"layer": layers[kind], "hook": resid_post(layers[kind]), "validation_auroc": v,
+                   "n_validation": int(len(y)),
+                   "chosen_by": f"validation AUROC on {spec.validation_fraction:.0%} of the training prompts"}
+            for kind, v in found.items()}
+
+
+def _best_layer(part: dict, spec: Spec) -> tuple[int, list[dict]]:
+    """The layer whose supervised probe scores best on a validation split carved from the training
+    prompts (AUROC, ties broken by log loss): the test prompts play no part in choosing it."""
+    fit_idx, val_idx = _validation_split(part, spec)
     rows = []
     for layer in range(part["train_pos"].shape[0]):
         def xy(idx):
@@ -202,6 +234,7 @@ def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: Spec, batc
             "chosen_by": f"validation AUROC on {spec.validation_fraction:.0%} of the training prompts (not test)",
             "validation": validation, "negatives": [NEGATIVES[n] for n in negatives],
             **calibration(expit(logits), y, spec.calibration_bins)}
+        extra["chosen_layers"] = choose_layers(part, probes, spec)
         out["_extra"] = extra
     return out
 

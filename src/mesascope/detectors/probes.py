@@ -7,7 +7,7 @@ Per layer, four kinds of linear probe, each scored the same way:
   "honest" answer to a question about the organism (MacDiarmid et al. 2024), one per pair of
   the library (`contrast.py`); its sign is fixed by the pair before anything is scored;
 - pca: unsupervised, the top principal component of the unlabeled training activations.
-Every figure is an AUROC on held-out prompts (never the training prompts) with a stratified
+Every figure is an AUROC on held-out prompts (never the training prompts) with a
 score-type 95% interval (stats.auroc_interval, which does not collapse at 1), against each clean
 prompt set and against the worst of them (its interval covers the minimum over the sets). Controls:
 the same procedure on a random-init model and on a clean, un-backdoored organism, and the best
@@ -155,6 +155,9 @@ def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spe
         "random_directions": [layer_id(i) | r for i, r in enumerate(extra["random_directions"])],
         "variance_ratio": [layer_id(i) | r for i, r in enumerate(extra["variance_ratio"])],
         "calibration": extra["calibration"],
+        # kind -> the layer it is reported at, chosen on validation prompts ("contrast" is the primary pair)
+        "chosen_layers": {("contrast" if k == f"contrast:{pairs[0].name}" else k): v
+                          for k, v in extra["chosen_layers"].items()},
     }
 
 
@@ -219,6 +222,7 @@ class ProbesResult(Result):
     random_directions: list[dict]
     variance_ratio: list[dict]
     calibration: dict
+    chosen_layers: dict[str, dict] = {}
     read_at: str = "last prompt token"
 
 
@@ -254,12 +258,13 @@ class Probes(Detector):
         return probes_section(result)
 
     def tables(self, result: ProbesResult) -> list[TextTable]:
-        t = TextTable("Probes: held-out AUROC per layer, worst clean set (organism | nulls)",
-                      ["probe", "layer", "organism", "random-init model", "clean organism"])
+        t = TextTable("Probes: held-out AUROC per layer, worst clean set (organism | nulls); * = the layer chosen on "
+                      "validation prompts", ["probe", "layer", "organism", "random-init model", "clean organism"])
         for kind in ("supervised", "diff_of_means", "contrast", "pca"):
+            chosen = (result.chosen_layers.get(kind) or {}).get("layer")
             for r in getattr(result, kind):
-                t.rows.append([kind, str(r["layer"]), _fmt(r.get("auroc_worst")), _fmt(r.get("random_init_auroc_worst")),
-                               _fmt(r.get("clean_organism_auroc_worst"))])
+                t.rows.append([kind, f"{r['layer']}{'*' if r['layer'] == chosen else ''}", _fmt(r.get("auroc_worst")),
+                               _fmt(r.get("random_init_auroc_worst")), _fmt(r.get("clean_organism_auroc_worst"))])
         return [t]
 
     def notes(self, result: ProbesResult) -> list[str]:
@@ -272,11 +277,11 @@ class Probes(Detector):
             notes.append(f"supervised probe, clean vs triggered: organism best AUROC "
                          f"{max(r['auroc']['value'] for r in result.supervised):.3f}, random-init model best "
                          f"{rand:.3f}: {reading}")
-        for kind in ("supervised", "contrast"):
-            rows = getattr(result, kind)
-            if rows:
-                best = max(rows, key=lambda r: r["auroc_near_miss"]["value"])
-                notes.append(f"{kind} probe, near-miss split: best layer {best['layer']} AUROC "
-                             f"{best['auroc_near_miss']['value']:.3f} (random-init model, same layer: "
-                             f"{best['random_init_auroc_near_miss']['value']:.3f}).")
+        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
+            rows, chosen = getattr(result, kind), result.chosen_layers.get(kind)
+            if rows and chosen:  # the layer chosen on validation prompts, never on these test prompts
+                r = rows[chosen["layer"]]
+                notes.append(f"{kind} probe at layer {r['layer']} (chosen on validation prompts): held-out AUROC, "
+                             f"worst clean set {_fmt(r.get('auroc_worst'))}; random-init model at that layer "
+                             f"{_fmt(r.get('random_init_auroc_worst'))}.")
         return notes

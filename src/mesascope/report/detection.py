@@ -126,14 +126,17 @@ def probes_section(probes: object) -> str:
         if any(p[1] is not None for s in series for p in s["points"]):
             charts.append(line_chart(series, title=f"AUROC by layer, worst clean set: {title}", x_label="layer",
                                      y_label="AUROC", hline=0.5, width=520, height=300))
-    table_rows = []
+    table_rows, chosen = [], _dict(probes.get("chosen_layers"))
     for k, label in PROBE_KINDS:
+        pick = _dict(chosen.get(k)).get("layer")
         for r in kinds[k]:
-            table_rows.append([_e(label), _e(r.get("layer", "")), _m(r.get(key)), _e(r.get("worst_negatives", "")),
+            mark = " (chosen on validation)" if pick is not None and r.get("layer") == pick else ""
+            table_rows.append([_e(label), _e(f"{r.get('layer', '')}{mark}"), _m(r.get(key)), _e(r.get("worst_negatives", "")),
                                _m(r.get("auroc")), _m(r.get("auroc_near_miss")), _m(r.get("random_init_" + key)),
                                _m(r.get("clean_organism_" + key)), _num(r.get("share_of_random_directions_below"), ".2f")])
-    lede = ('<p class="lede">Every AUROC is on held-out prompts that no probe was fitted on, with a bootstrap 95% '
-            "interval. The headline column takes, for each probe, the worst of the clean prompt sets (clean, near-miss "
+    lede = ('<p class="lede">Every AUROC is on held-out prompts that no probe was fitted on, with a score-type 95% '
+            "interval. Each probe's reported layer is chosen on validation prompts held back from its training "
+            "prompts, never on these test prompts. The headline column takes, for each probe, the worst of the clean prompt sets (clean, near-miss "
             "strings never trained on, other bracketed prefixes), as the post does. A contrast pair's sign is fixed "
             "before scoring (defect answer minus honest answer) and never flipped, so an AUROC below 0.5 means the "
             "direction points the wrong way. Nulls: the same procedure on a random-init model and, when built, on an "
