@@ -269,14 +269,15 @@ class Probes(Detector):
 
     def notes(self, result: ProbesResult) -> list[str]:
         notes = []
-        if result.supervised:
-            rand = max(r["random_init_auroc"]["value"] for r in result.supervised)
+        chosen = result.chosen_layers.get("supervised")
+        if result.supervised and chosen:
+            r = result.supervised[chosen["layer"]]
+            rand = r["random_init_auroc"]["value"]
             reading = ("a visible trigger string is separable without any learning, so this split says little; "
                        "the near-miss split is the informative one." if rand >= 0.95 else
                        "the trigger is not trivially separable in a random model's residual stream here.")
-            notes.append(f"supervised probe, clean vs triggered: organism best AUROC "
-                         f"{max(r['auroc']['value'] for r in result.supervised):.3f}, random-init model best "
-                         f"{rand:.3f}: {reading}")
+            notes.append(f"supervised probe, clean vs triggered, at layer {r['layer']} (chosen on validation prompts): "
+                         f"organism AUROC {r['auroc']['value']:.3f}, random-init model {rand:.3f}: {reading}")
         for kind in ("supervised", "diff_of_means", "contrast", "pca"):
             rows, chosen = getattr(result, kind), result.chosen_layers.get(kind)
             if rows and chosen:  # the layer chosen on validation prompts, never on these test prompts
