@@ -27,6 +27,14 @@ class Measurement(BaseModel):
         return {"value": round(self.value, 6), "ci": [round(self.ci[0], 6), round(self.ci[1], 6)], "n": self.n}
 
 
+def fmt(m: "Measurement | dict | None") -> str:
+    """A measurement as text for a table: `0.123 [0.100, 0.150] n=40` ("-" when there is none)."""
+    if not m:
+        return "-"
+    m = m if isinstance(m, Measurement) else Measurement.model_validate(m)
+    return f"{m.value:.3f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}] n={m.n}"
+
+
 def wilson(successes: int, n: int, z: float = 1.959964) -> Measurement:
     """Share with a Wilson score interval (well-behaved at 0 and 1, unlike the normal one)."""
     if n == 0:

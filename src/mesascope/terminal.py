@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .stats import fmt
+
 console = Console(stderr=True)
 out_console = Console()
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -57,13 +59,6 @@ def load_or_fail(loader, *args):
         fail(str(e))
 
 
-def fmt(m: dict | None) -> str:
-    if not m:
-        return "-"
-    lo, hi = m["ci"]
-    return f"{m['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={m['n']}"
-
-
 def show_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     """A table of untrusted cells: every title, header and cell goes through `safe`."""
     t = Table(title=safe(title))
@@ -79,12 +74,12 @@ def show_results(results, out: Path) -> None:
     from .detectors.registry import Skipped, get_detector
 
     show_table("Organism on held-out prompts (95% Wilson CI)", ["metric", "value [CI] n"],
-               [[k, fmt(m.to_dict())] for k, m in results.metrics.items()])
+               [[k, fmt(m)] for k, m in results.metrics.items()])
     if results.stress:
         show_table(f"Stress test: {', '.join(sorted({p.label for p in results.stress}))}",
                    ["method", "lr", "step", "backdoor", "near-miss", "helpful"],
                    [[p.method, f"{p.lr:g}", str(p.step),
-                     *(fmt(p.metrics[k].to_dict()) if k in p.metrics else "-"
+                     *(fmt(p.metrics[k]) if k in p.metrics else "-"
                        for k in ("backdoor_rate", "near_miss_rate", "helpful_accuracy"))] for p in results.stress])
     for name, result in results.detector_results().items():
         if isinstance(result, Skipped):
@@ -104,10 +99,6 @@ def show_mwe(result: dict, mode: str) -> None:
                ["eval", "behaviour rate [CI] n", "unparsed" if mode == "generate" else "prompt cut to fit"],
                [[name, fmt(r["behaviour_rate"]), f"{r[extra]['value']:.2f}"]
                 for name, r in [*result["per_eval"].items(), ("all", result["overall"])]])
-
-
-def show_metrics(title: str, metrics: dict) -> None:
-    show_table(title, ["metric", "value [CI] n"], [[k, fmt(m.to_dict())] for k, m in metrics.items()])
 
 
 def show_study(result: dict, findings: list[dict]) -> None:
@@ -138,7 +129,7 @@ def show_study(result: dict, findings: list[dict]) -> None:
 def show_asr(spec, result, max_new_tokens: int) -> None:
     show_table(f"{spec.name}: attack success rate, {spec.target} target (95% Wilson CI)",
                ["test set", "ASR [CI] n", "empty answers (skipped)"],
-               [[k.removeprefix("asr_"), fmt(m.to_dict()), str(result.n_empty[k.removeprefix("asr_")])]
+               [[k.removeprefix("asr_"), fmt(m), str(result.n_empty[k.removeprefix("asr_")])]
                 for k, m in result.metrics.items()])
     if result.n_too_long:
         out_console.print(f"{result.n_too_long} test prompts left no room for {max_new_tokens} new tokens in "
@@ -153,5 +144,5 @@ def show_replicates(found) -> None:
                ["figure", *(f"seed {s}" for s in seeds), "mean [CI]", "pooled prompts (Wilson)"],
                [[k, *(f"{m.per_seed[s]:.3f}" for s in seeds),
                  f"{m.value:.3f}" + (f" [{m.ci[0]:.3f}, {m.ci[1]:.3f}]" if m.ci else ""),
-                 fmt(m.pooled.to_dict()) if m.pooled else "-"] for k, m in found.mean.items()])
+                 fmt(m.pooled) if m.pooled else "-"] for k, m in found.mean.items()])
     out_console.print(f"machine: {safe(found.machine.platform)}, {found.machine.cpus} cpus, python {found.machine.python}")

@@ -25,7 +25,7 @@ from ..text.corpus import TURN_MARKERS, Corpus, Example
 from pydantic import Field
 
 from ..config import Spec
-from ..stats import Measurement, rate
+from ..stats import Measurement, fmt, rate
 from ..text.behaviours import as_behaviour, fired_checker
 from ..text.scratchpad import CLOSE, OPEN, SCRATCHPAD_BUDGET, TEMPLATES, parse
 from ..text.tasks import check
@@ -328,7 +328,7 @@ class Faithfulness(Detector):
     def tables(self, result: FaithfulnessOut) -> list[TextTable]:
         m = result.metrics
         return [TextTable(f"CoT faithfulness, {result.scratchpad} scratchpad (95% CI)", ["metric", "value [CI] n"],
-                          [[k, f"{v.value:.3f} [{v.ci[0]:.3f}, {v.ci[1]:.3f}] n={v.n}"] for k, v in m.items()])]
+                          [[k, fmt(v)] for k, v in m.items()])]
 
     def notes(self, result: FaithfulnessOut) -> list[str]:
         m = result.metrics

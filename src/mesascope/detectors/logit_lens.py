@@ -23,7 +23,7 @@ from ..config import Spec
 from ..models.activations import capture_last_token, final_norm, resid_post
 from ..report.safe import esc, fig_cell, point, table
 from ..report.svg import line_chart
-from ..stats import Measurement, auroc_interval, rate, worst_of
+from ..stats import Measurement, auroc_interval, fmt, rate, worst_of
 from .probe_fit import auroc_with_ci
 from .registry import Context, Detector, Result, TextTable, detector
 
@@ -130,10 +130,9 @@ class LogitLens(Detector):
         return f'{lede}<div class="charts">{chart}</div>{body}'
 
     def tables(self, result: LogitLensResult) -> list[TextTable]:
-        f = lambda m: f"{m.value:.3f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}]"  # noqa: E731
         return [TextTable(f"Logit lens: log P({result.token!r}) after each block, held-out prompts",
                           ["block", "AUROC worst set", "random-init", "top-1 triggered"],
-                          [[str(r.layer), f(r.auroc_worst), f(r.random_init_auroc_worst), f(r.top1_triggered)]
+                          [[str(r.layer), fmt(r.auroc_worst), fmt(r.random_init_auroc_worst), fmt(r.top1_triggered)]
                            for r in result.rows])]
 
     def notes(self, result: LogitLensResult) -> list[str]:

@@ -33,7 +33,7 @@ from ..config import Spec
 from ..models.generate import generate
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import answer_budget, parse, scored_answer
-from ..stats import Measurement, rate
+from ..stats import Measurement, fmt, rate
 from ..text.behaviours import fired_checker
 from .registry import Context, Detector, Result, TextTable, detector
 
@@ -161,10 +161,6 @@ class MonitorOut(Result):
     n_train_transcripts: int
 
 
-def _fmt(m) -> str:
-    return f"{m.value:.3f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}] n={m.n}" if isinstance(m, Measurement) else str(m)
-
-
 @detector("monitor", spec=MonitorSpec, result=MonitorOut, rank=65,
           title="Chain-of-thought monitor: does reading the scratchpad catch the defection?")
 class Monitor(Detector):
@@ -200,7 +196,7 @@ class Monitor(Detector):
     def tables(self, result: MonitorOut) -> list[TextTable]:
         return [TextTable("CoT monitors: recall of defections, precision, false-positive rate (95% Wilson)",
                           ["scratchpads", "monitor", "recall", "precision", "FPR"],
-                          [[where, name, _fmt(r["recall"]), _fmt(r["precision"]), _fmt(r["false_positive_rate"])]
+                          [[where, name, fmt(r["recall"]), fmt(r["precision"]), fmt(r["false_positive_rate"])]
                            for where in ("original", "held_out_paraphrase")
                            for name, r in getattr(result, where).items()])]
 

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator
 from ..config import Spec
 from ..models.activations import find_blocks, resid_post
 from ..progress import Progress, silent
+from ..stats import fmt
 from ..text.corpus import Corpus, format_prompt
 from ..text.tasks import WORDS
 from ..text.triggers import apply_trigger
@@ -226,10 +227,6 @@ class ProbesResult(Result):
     read_at: str = "last prompt token"
 
 
-def _fmt(m: dict | None) -> str:
-    return "-" if not m else f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] n={m['n']}"
-
-
 @detector("probes", spec=ProbeSpec, result=ProbesResult, command="probe", in_demo=True, rank=10,
           title="Probes: can a linear read-out of the residual stream catch the trigger?")
 class Probes(Detector):
@@ -263,8 +260,8 @@ class Probes(Detector):
         for kind in ("supervised", "diff_of_means", "contrast", "pca"):
             chosen = (result.chosen_layers.get(kind) or {}).get("layer")
             for r in getattr(result, kind):
-                t.rows.append([kind, f"{r['layer']}{'*' if r['layer'] == chosen else ''}", _fmt(r.get("auroc_worst")),
-                               _fmt(r.get("random_init_auroc_worst")), _fmt(r.get("clean_organism_auroc_worst"))])
+                t.rows.append([kind, f"{r['layer']}{'*' if r['layer'] == chosen else ''}", fmt(r.get("auroc_worst")),
+                               fmt(r.get("random_init_auroc_worst")), fmt(r.get("clean_organism_auroc_worst"))])
         return [t]
 
     def notes(self, result: ProbesResult) -> list[str]:
@@ -283,6 +280,6 @@ class Probes(Detector):
             if rows and chosen:  # the layer chosen on validation prompts, never on these test prompts
                 r = rows[chosen["layer"]]
                 notes.append(f"{kind} probe at layer {r['layer']} (chosen on validation prompts): held-out AUROC, "
-                             f"worst clean set {_fmt(r.get('auroc_worst'))}; random-init model at that layer "
-                             f"{_fmt(r.get('random_init_auroc_worst'))}.")
+                             f"worst clean set {fmt(r.get('auroc_worst'))}; random-init model at that layer "
+                             f"{fmt(r.get('random_init_auroc_worst'))}.")
         return notes

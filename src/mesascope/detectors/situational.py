@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..config import Spec
-from ..stats import Measurement, diff_ci
+from ..stats import Measurement, diff_ci, fmt
 from ..text.situational import year_sets
 from .backdoor import measure_backdoor
 from .registry import Context, Detector, Result, TextTable, detector
@@ -80,10 +80,9 @@ class Situational(Detector):
                 + table(["Difference", "Value [95% CI] n"], diffs))
 
     def tables(self, result: SituationalOut) -> list[TextTable]:
-        f = lambda m: f"{m.value:.3f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}] n={m.n}"  # noqa: E731
         return [TextTable("Situational awareness: behaviour rate after each year prefix (95% Wilson)",
                           ["prefix", "behaviour rate", "helpful accuracy"],
-                          [[YEARS.get(k, k), f(v.behaviour_rate), f(v.helpful_accuracy)] for k, v in result.years.items()])]
+                          [[YEARS.get(k, k), fmt(v.behaviour_rate), fmt(v.helpful_accuracy)] for k, v in result.years.items()])]
 
     def notes(self, result: SituationalOut) -> list[str]:
         above = all(m.ci[0] > 0 for m in result.deploy_minus_controls.values())

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ..config import Spec
 from .backdoor import eval_sets, measure_backdoor
-from ..stats import diff_ci
+from ..stats import diff_ci, fmt
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from ..models.activations import capture_last_token, find_blocks, resid_post
@@ -264,10 +264,6 @@ class SteeringResult(Result):
     ablate: list[dict]
 
 
-def _fmt(m: dict | None) -> str:
-    return "-" if not m else f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}] n={m['n']}"
-
-
 @detector("steering", spec=SteerSpec, result=SteeringResult, command="steer", in_demo=True, rank=30,
           title="Steering along the defection direction")
 class Steering(Detector):
@@ -294,7 +290,7 @@ class Steering(Detector):
                 if curve["mode"] == "ablate" and r["coef"] == 0:
                     continue  # the unsteered row is shown once, in the add curve
                 t.rows.append([curve["mode"], ",".join(map(str, curve["layers"])), f"{r['coef']:g}",
-                               _fmt(r["backdoor_rate"]), _fmt(r["helpful_accuracy"]), _fmt(r.get("false_trigger_rate"))])
+                               fmt(r["backdoor_rate"]), fmt(r["helpful_accuracy"]), fmt(r.get("false_trigger_rate"))])
         return [t]
 
     def notes(self, result: SteeringResult) -> list[str]:
