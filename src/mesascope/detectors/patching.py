@@ -12,28 +12,24 @@ moves), each averaged over pairs with a bootstrap 95% interval.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
-from typing import Literal
-
-from pydantic import Field
-
 from ..config import Spec
-from ..stats import Measurement
+from ..models.activations import find_blocks, resid_post
 from ..progress import Progress, silent
+from ..stats import Measurement
 from ..text.corpus import Corpus
 from .patch_pairs import (  # noqa: F401  (re-exported: the pairs are part of this detector's API)
     PatchPair, Slot, _ids, filler_strings, make_pairs, position_slots, trigger_span,
 )
-from ..models.activations import find_blocks, resid_post
 from .registry import Context, Detector, Result, TextTable, detector
 
 class PatchSpec(Spec):
