@@ -237,9 +237,13 @@ def test_study_json_validates_against_the_published_schema(local_run):
 def test_sweep_cli_quick_and_errors(study_toml, local_run, tmp_path):
     out, _ = local_run
     runner = CliRunner()
-    result = runner.invoke(app, ["sweep", str(study_toml), "--out", str(out), "--quick"])
+    published = tmp_path / "docs" / "study.json"
+    result = runner.invoke(app, ["sweep", str(study_toml), "--out", str(out), "--quick", "--results", str(published)])
     assert result.exit_code == 0, result.output
     quick = json.loads((out / "study.json").read_text())
+    docs = json.loads(published.read_text())  # the study with provenance and the paper's questions answered
+    assert docs["provenance"]["commit"] and docs["counts"] == quick["counts"]
+    assert [q["question"] for q in docs["findings"]] and all("summary" in q for q in docs["findings"])
     assert quick["quick"] and quick["counts"]["cells"] == 1 and quick["counts"]["cells_computed"] == 0  # a subset: reused
     assert "tiny-study" in result.output and "hhh_sft" in result.output
     bad = tmp_path / "bad.toml"

@@ -156,14 +156,17 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
           backend: Annotated[str, typer.Option(help="local (a process pool on this machine) or ray.")] = "local",
           workers: Annotated[Optional[int], typer.Option(min=1, help="Builds/cells run at once (default: CPU cores).")] = None,
           address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
-          threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores // "
-                                                           "workers; on a busy machine 1 is much faster).")] = None,
-          quick: Annotated[bool, typer.Option("--quick", help="Apply the study's quick table (fewer sizes, seeds, steps).")] = False):
+          threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores // workers).")] = None,
+          quick: Annotated[bool, typer.Option("--quick", help="Apply the study's quick table (fewer sizes, seeds, steps).")] = False,
+          results: ResultsOpt = None):
     """Run a Study: build every organism of its matrix, stress-test each, aggregate across seeds.
 
     Finished organisms and cells are reused from OUT/runs, so a killed sweep restarts where it stopped.
     Writes OUT/study.json and OUT/report.html (the paper's questions answered with intervals)."""
+    from .provenance import write_results
+    from .report.study import write_study_report
     from .study.backends import BACKENDS
+    from .study.findings import findings
     from .study.spec import load_study
     from .study.sweep import SweepError, run_study
 
@@ -176,10 +179,9 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
                                threads=threads, progress=progress)
     except (SweepError, ImportError) as e:
         fail(str(e))
-    from .report.study import write_study_report
-    from .study.findings import findings
-
     show_study(data := result.model_dump(mode="json"), findings(data))
+    if results:  # the study and the paper's questions answered from it, for the docs
+        write_results(results, {**data, "findings": findings(data)})
     out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(data, out))}")
 
 
