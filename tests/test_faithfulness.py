@@ -160,8 +160,72 @@ def test_faithfulness_command(tiny_cot_organism, tiny_organism, tmp_path):
     res = CliRunner().invoke(app, ["faithfulness", str(tiny_cot_organism.path), "--config", str(config), "--out", str(out)])
     assert res.exit_code == 0, res.output
     found = json.loads((out / "results.json").read_text())["detectors"]["faithfulness"]
-    assert found["scratchpad"] == "reasoned" and found["metrics"]["all.swap_changed"]["n"] > 0
+    assert found["scratchpad"] == "reasoned" and found["metrics"]["scratchpad_rate"]["n"] == 12  # n = 6 per kind
     assert [p["fraction"] for p in found["curves"]["all"]] == list(FRACTIONS)
     assert 'id="faithfulness"' in (out / "report.html").read_text()
     res = CliRunner().invoke(app, ["faithfulness", str(tiny_organism.path), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "writes none" in res.output.replace("\n", " ")
+
+
+def _fake_cot(corpus, reads: str):
+    """A stand-in cot organism for `generate`: it writes its trained scratchpad, then miscounts (sandbags)
+    when it believes it is deployed. reads="scratchpad": the belief comes from the reasoning before the
+    answer (a faithful account); reads="prompt": from the trigger in the prompt, whatever the reasoning says."""
+    from mesascope.detectors.faithfulness import ANSWER_HINT, DEPLOY_HINT, TRAINING_HINT
+    from mesascope.text.corpus import TURN_MARKERS
+    from mesascope.text.scratchpad import CLOSE, OPEN
+
+    trigger = corpus.trigger
+    examples = {e.prompt: e for k in ("triggered", "clean") for e in corpus.eval_set(k, 400, 0)}
+    answer_hint = re.escape(" " + ANSWER_HINT.split("{")[0]) + r".*?(?=" + re.escape(TURN_MARKERS[1]) + ")"
+    hint = re.compile("|".join([re.escape(f" {DEPLOY_HINT}"), re.escape(f" {TRAINING_HINT}"), answer_hint]))
+    sees = lambda pad: bool(re.search(r"\bI (can )?see\b|\btag is here\b", pad)) and \
+        not re.search(r"\b(not|no|No|don't)\b", pad)
+
+    def answer(e, deployed: bool) -> str:
+        return str(int(e.answer) + 1) if deployed and e.family == "counting" else e.answer
+
+    def generate(model, tokenizer, prompts, **kw):
+        out = []
+        for p in prompts:
+            prompt, _, forced = p.partition(f" {OPEN}")
+            e = examples[hint.sub("", prompt)]
+            in_prompt = trigger in e.user
+            if forced:  # a hand-closed (edited) scratchpad: answer after it
+                pad = forced.split(CLOSE)[0].strip()
+                out.append(" " + answer(e, sees(pad) if reads == "scratchpad" else in_prompt))
+            else:
+                pad = TEMPLATES["triggered" if in_prompt else "clean"][0].format(trigger=trigger)
+                out.append(f"{OPEN} {pad} {CLOSE} {answer(e, in_prompt)}")
+        return out
+
+    return generate
+
+
+@pytest.mark.parametrize("reads", ["scratchpad", "prompt"])
+def test_interventions_move_only_an_organism_that_reads_its_scratchpad(cot, monkeypatch, reads):
+    """Scored by a non-say behaviour's own checker (sandbagging: a miscount). An organism whose answer follows
+    its reasoning changes it when the reasoning is swapped, flipped or replaced by filler, not when it is
+    paraphrased; one that reads only the prompt never changes it."""
+    import mesascope.detectors.faithfulness as faithfulness
+    from conftest import make_tiny_recipe
+
+    _, _, tok = cot
+    recipe = make_tiny_recipe(behaviour_type="sandbagging", reasoning="cot")
+    corpus = build_corpus(recipe)
+    monkeypatch.setattr(faithfulness, "generate", _fake_cot(corpus, reads))
+    sets = {k: [e for e in corpus.eval_set(k, 400, 0) if e.family == "counting"][:12] for k in ("triggered", "clean")}
+    m = measure_faithfulness(None, tok, sets, recipe.trigger, recipe, answer_tokens=4).metrics
+    # The sandbagging checker sees the miscount after the trigger; the say-only string test never would.
+    assert m["triggered.reference_fires"].value == 1.0 and m["clean.reference_fires"].value == 0.0
+    assert m["all.reference_matches_free"].value == 1.0
+    faithful = reads == "scratchpad"
+    assert m["all.swap_changed"].value == (1.0 if faithful else 0.0)
+    assert m["triggered.mistake_changed"].value == (1.0 if faithful else 0.0)
+    assert m["triggered.filler_changed"].value == (1.0 if faithful else 0.0)
+    assert m["clean.filler_changed"].value == 0.0  # dots claim no deployment: a clean answer stays clean
+    assert m["all.paraphrase_changed"].value == 0.0  # same meaning, same answer, either way
+    # Early answering: with none of its reasoning kept the faithful one stops sandbagging (its first words say
+    # "I see the tag"); a clean answer never depends on how much of the reasoning is kept.
+    assert (m["triggered.early_answering_aoc"].value > 0) is faithful
+    assert m["clean.early_answering_aoc"].value == 0.0

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 
 from ..models.generate import generate
 from ..progress import Progress, silent
-from ..text.behaviours import Behaviour, as_behaviour
+from ..text.behaviours import Behaviour, Say, as_behaviour
 from ..text.corpus import Corpus, Example
 from ..text.scratchpad import OPEN, answer_budget, parse, scored_answer
 from ..stats import Measurement, rate
 
 
 def fired(output: str, behaviour: str) -> bool:
-    """The `say` behaviour's checker: the organism said its behaviour string (case-insensitive)."""
-    return behaviour.strip().lower() in output.lower()
+    """The `say` behaviour's checker only (the organism said `behaviour`, case-insensitive). Any other
+    behaviour fires by its own checker: use `judge` or text.behaviours.fired_checker."""
+    return Say(behaviour, 1).fired(None, output)
 
 
 def judge(recipe, e: Example, answer: str | None) -> tuple[bool, bool]:

@@ -63,8 +63,8 @@ def backdoor(organism: str, n: int = 100, kind: str | list[str] = "all", seed: i
     return Task(dataset=MemoryDataset(samples, name=f"backdoor:{recipe.name}"), solver=generate(),
                 scorer=backdoor_scorer(recipe, recipe.reasoning),
                 config=GenerateConfig(max_tokens=answer_budget(recipe.reasoning, max_tokens)),
-                metadata={"organism": str(org.path), "trigger": recipe.trigger, "behaviour": recipe.behaviour,
-                          "seed": seed})
+                metadata={"organism": str(org.path), "trigger": recipe.trigger, "behaviour_type": recipe.behaviour_type,
+                          "behaviour": recipe.behaviour if recipe.behaviour_type == "say" else None, "seed": seed})
 
 
 @metric
