@@ -1,7 +1,7 @@
 """Activation capture: mesascope's `capture` against a plain forward, nnsight and TransformerLens.
 
 Speed (default): the same prompts, in the same length-sorted batches, through
-(a) the base model with no hooks (the floor any capture pays), (b) `mesascope.interp.capture` of
+(a) the base model with no hooks (the floor any capture pays), (b) `mesascope.models.activations.capture` of
 every `blocks.{i}.resid_post` at the last token, (c) nnsight tracing the same block outputs,
 (d) TransformerLens's `run_with_cache` on a `TransformerBridge`, where it is importable. Each is
 warmed up, then they take turns for several rounds and each keeps its median time. It also

@@ -65,3 +65,43 @@ def test_the_worst_set_interval_accounts_for_taking_the_minimum():
     assert row["auroc_worst"]["ci"][1] <= max(m["ci"][1] for m in per_set)
     m = {k: Measurement(v, (v - 0.1, v + 0.1), 10) for k, v in {"a": 0.9, "b": 0.7}.items()}
     assert worst_of(m, {"a": (0.6, 0.95), "b": (0.5, 0.8)}).ci == (0.5, 0.8)
+
+
+def _newcombe_quartic(auc: float, m: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Newcombe's (2006) method 5 solved as a polynomial, written independently of stats.py: with N = (m + n) / 2
+    and his variance in the form theta (1 - theta) / (mn) [(2N - 1) - 3 (N - 1) / ((2 - theta)(1 + theta))],
+    (auc - theta)^2 = z^2 V(theta) times mn (2 - theta)(1 + theta) is a quartic; its roots in [0, 1] bound the interval."""
+    P = np.polynomial.Polynomial
+    t, big_n = P([0, 1]), (m + n) / 2
+    quartic = (m * n * (auc - t) ** 2 * (2 - t) * (1 + t)
+               - z * z * t * (1 - t) * ((2 * big_n - 1) * (2 - t) * (1 + t) - 3 * (big_n - 1)))
+    roots = [r.real for r in quartic.roots() if abs(r.imag) < 1e-9 and 0 <= r.real <= 1]
+    # At auc = 1 (or 0) theta = auc is itself a root; the interval's other end is the next one.
+    below, above = [r for r in roots if r < auc - 1e-9], [r for r in roots if r > auc + 1e-9]
+    return (max(below) if below else 0.0), (min(above) if above else 1.0)
+
+
+@pytest.mark.parametrize("auc, m, n", [(0.893, 45, 58), (0.75, 10, 10), (0.6, 30, 50), (0.98, 150, 150),
+                                       (1.0, 150, 150), (0.0, 20, 35)])
+def test_auroc_interval_is_newcombes_method_5(auc, m, n):
+    lo, hi = auroc_interval(auc, m, n)
+    assert (lo, hi) == pytest.approx(_newcombe_quartic(auc, m, n), abs=1e-6)
+
+
+def test_the_worst_set_interval_covers_the_true_minimum_where_the_worst_sets_own_does_not():
+    """Three clean sets, all at true AUROC 0.85, scored against the same triggered prompts: the lowest estimate is
+    biased low, so the worst set's own 95% interval too often ends below 0.85; the Bonferroni interval does not."""
+    rng = np.random.default_rng(0)
+    true, n, reps = 0.85, 60, 400
+    shift = np.sqrt(2) * norm.ppf(true)
+    joint = own = 0
+    key = {"clean": "auroc", "near_miss": "auroc_near_miss", "other_prefix": "auroc_other_prefix"}
+    for _ in range(reps):
+        scores = {"test_pos": rng.normal(shift, 1, n), **{k: rng.normal(0, 1, n) for k in
+                                                         ("test_neg", "test_near_miss", "test_other_prefix")}}
+        row = score_rows(scores, 0, 0)
+        lo, hi = row["auroc_worst"]["ci"]
+        joint += lo <= true <= hi
+        lo, hi = row[key[row["worst_negatives"]]]["ci"]
+        own += lo <= true <= hi
+    assert joint / reps >= 0.95 > own / reps

@@ -86,10 +86,15 @@ def _auc_variance(theta: float, n_pos: int, n_neg: int) -> float:
 def auroc_interval(auc: float, n_pos: int, n_neg: int, level: float = 0.95) -> tuple[float, float]:
     """A score-type interval for an AUROC: every theta with (auc - theta)^2 <= z^2 V(theta).
 
-    Like Wilson's interval for a share, the variance is taken at the candidate value, not at the
-    estimate, so the interval does not collapse at 0 or 1: a perfect separation of 150 + 150
-    prompts gives [0.975, 1], where a percentile bootstrap gives [1, 1]. Coverage on simulated
-    binormal data is tested in tests/test_stats.py.
+    This is Newcombe's (2006, Stat Med 25:559-573) method 5: Hanley and McNeil's variance with
+    both group sizes replaced by N* = (m + n) / 2, which needs no estimate of the two score
+    distributions. Like Wilson's interval for a share, the variance is taken at the candidate
+    value, not at the estimate, so the interval does not collapse at 0 or 1: a perfect separation
+    of 150 + 150 prompts gives [0.987, 1], where a percentile bootstrap gives [1, 1] (and a Wald
+    or DeLong interval has zero width). Chosen over a logit-scale DeLong interval because that
+    one needs an ad hoc correction exactly at 0 and 1, where a probe that separates perfectly
+    lands. tests/test_stats.py checks it against the method solved as a quartic and its coverage
+    on simulated binormal data.
     """
     from scipy.optimize import brentq
     from scipy.stats import norm
