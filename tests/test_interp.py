@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from mesascope.config import Recipe
 from mesascope.detectors.probes import CONTRAST_PAIRS, ContrastPair, ProbeSpec
-from mesascope.stats import auroc_interval, bootstrap
+from mesascope.stats import auroc_interval, bootstrap, fmt
 from mesascope.detectors.probes import auroc_with_ci, build_probe_splits, contrast_direction, run_probes
 from mesascope.models.activations import capture_last_token, find_blocks
 from mesascope.detectors.contrast import pair_direction, pairs_seen_in_training
@@ -31,7 +31,8 @@ from mesascope.detectors.controls import (
 )
 from mesascope.detectors.linear import load_probe, save_probe
 from mesascope.detectors.probe_fit import transfer_auroc
-from mesascope.detectors.probes import diff_of_means, fit_linear_probes, fit_probe
+from mesascope.detectors.probe_result import ProbesResult
+from mesascope.detectors.probes import Probes, diff_of_means, fit_linear_probes, fit_probe
 from mesascope.text.corpus import Corpus, build_corpus, format_prompt
 from mesascope.text.self_report import BANNED_STEMS, QUESTIONS
 from mesascope.text.tasks import Item
@@ -190,6 +191,9 @@ def test_run_probes_schema(models, tokenizer):
     cal = result["calibration"]
     assert cal["layer"] in (0, 1) and sum(b["n"] for b in cal["bins"]) == cal["n"] == 30
     json.dumps(result)  # the report and the run store keep it as JSON
+    # The typed result reads it back, and writes back exactly the stored shape (no nulls for what was not measured).
+    typed = ProbesResult.model_validate(result).model_dump(mode="json", exclude={"read_at"})
+    assert typed == json.loads(json.dumps(result))
     assert calls[-1][1] == calls[-1][2] and all(task == "probes" for task, _, _ in calls)
     assert [done for _, done, _ in calls] == sorted(done for _, done, _ in calls)
 
@@ -446,8 +450,8 @@ def test_self_reports_are_truthful_balanced_and_never_about_the_backdoor():
 
 
 def test_reported_layers_are_chosen_on_validation_prompts_not_test(tiny_organism):
-    """Swapping the test prompts for others must not move a probe's reported layer."""
-    spec = ProbeSpec(n_train=30, n_test=12, n_random_directions=10, contrast_pairs=["honesty"])
+    """Swapping the test prompts for others must not move a probe's reported layer, nor any pair's."""
+    spec = ProbeSpec(n_train=30, n_test=12, n_random_directions=10, contrast_pairs=["honesty", "danger"])
     splits = build_probe_splits(build_corpus(tiny_organism.recipe), spec)
     model, tok = tiny_organism.load()
     null = tiny_model("llama", tok, seed=2)
@@ -455,8 +459,66 @@ def test_reported_layers_are_chosen_on_validation_prompts_not_test(tiny_organism
     other = dict(splits, test_pos=splits["test_pos"][::-1][:6], test_neg=splits["test_neg"][:5])
     again = run_probes(model, tok, null, other, spec)
     assert set(first["chosen_layers"]) == {"supervised", "diff_of_means", "contrast", "pca"}
-    for kind, chosen in first["chosen_layers"].items():
+    picks = {kind: (c, first[kind]) for kind, c in first["chosen_layers"].items()}
+    picks |= {f"pair {name}": (e["chosen"], e["rows"]) for name, e in first["contrast_library"].items()}
+    assert len(picks) == 4 + 2
+    for kind, (chosen, rows) in picks.items():
         assert chosen["validation_auroc"][chosen["layer"]] == max(chosen["validation_auroc"])
         assert chosen["n_validation"] == 2 * round(spec.validation_fraction * 30)
-        assert again["chosen_layers"][kind] == chosen
+        # It carries the held-out test AUROC at the layer it chose, not at the layer best on test.
+        assert chosen["auroc_worst"] == rows[chosen["layer"]]["auroc_worst"]
+        assert chosen["auroc_near_miss"] == rows[chosen["layer"]]["auroc_near_miss"]
+    for kind, chosen in first["chosen_layers"].items():
+        assert {k: v for k, v in again["chosen_layers"][kind].items() if not k.startswith(("auroc", "random_init"))} \
+            == {k: v for k, v in chosen.items() if not k.startswith(("auroc", "random_init"))}
+    for name, e in first["contrast_library"].items():
+        assert again["contrast_library"][name]["chosen"]["layer"] == e["chosen"]["layer"]
+    assert first["chosen_layers"]["contrast"] == first["contrast_library"]["honesty"]["chosen"]
     assert first["chosen_layers"]["supervised"]["layer"] == first["calibration"]["layer"]
+
+
+def test_notes_and_tables_report_only_the_layer_chosen_on_validation(tiny_organism):
+    """A layer that is best on the test prompts but not on validation is never called the probe's layer."""
+    spec = ProbeSpec(n_train=30, n_test=12, n_random_directions=10, contrast_pairs=["honesty", "danger"])
+    splits = build_probe_splits(build_corpus(tiny_organism.recipe), spec)
+    model, tok = tiny_organism.load()
+    raw = run_probes(model, tok, tiny_model("llama", tok, seed=2), splits, spec)
+    # Rig the stored validation choice to the layer that is worst on test, for every kind and pair.
+    worst = lambda rows: min(range(len(rows)), key=lambda i: rows[i]["auroc_worst"]["value"])  # noqa: E731
+    for kind, c in raw["chosen_layers"].items():
+        c["layer"] = worst(raw[kind])
+    for e in raw["contrast_library"].values():
+        e["chosen"]["layer"] = worst(e["rows"])
+    result = ProbesResult.model_validate(raw)
+    notes, (table,) = Probes().notes(result), Probes().tables(result)
+    for kind, c in result.chosen_layers.items():
+        assert any(n.startswith(f"{kind} probe at layer {c.layer} (chosen on validation") for n in notes)
+        starred = [row[1] for row in table.rows if row[0] == kind and row[1].endswith("*")]
+        assert starred == [f"{c.layer}*"]
+    library = next(n for n in notes if n.startswith("contrast-pair library"))
+    for name, e in result.contrast_library.items():
+        assert f"{name} {fmt(e.rows[e.chosen.layer].auroc_worst)} at layer {e.chosen.layer}" in library
+
+
+def test_pair_cosines_are_the_training_directions_cosines(models, tokenizer):
+    spec = ProbeSpec(n_train=12, n_test=10, n_random_directions=10, contrast_pairs=["danger", "honesty", "helpful_ai"])
+    splits = synthetic_splits()
+    model = models["llama"]
+    result = run_probes(model, tokenizer, tiny_model("llama", tokenizer, seed=1), splits, spec)
+    dirs = {p.name: pair_direction(model, tokenizer, p) for p in spec.contrast_pairs}
+    pos, neg = (capture_last_token(model, tokenizer, splits[k]) for k in ("train_pos", "train_neg"))
+    dom = diff_of_means(pos, neg)
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    assert [r["layer"] for r in result["pair_cosines"]] == [0, 1]
+    for row in result["pair_cosines"]:
+        i = row["layer"]
+        for a in dirs:
+            assert row["cosines"][a][a] == pytest.approx(1.0, abs=1e-6)
+            assert row["with_diff_of_means"][a] == pytest.approx(cos(dirs[a][i], dom[i]), abs=1e-5)
+            for b in dirs:
+                assert row["cosines"][a][b] == pytest.approx(cos(dirs[a][i], dirs[b][i]), abs=1e-5)
+                assert row["cosines"][a][b] == row["cosines"][b][a]
+    # Training data only: other test prompts leave every cosine as it was.
+    other = run_probes(model, tokenizer, tiny_model("llama", tokenizer, seed=1),
+                       dict(splits, test_pos=splits["test_pos"][:5], test_neg=splits["test_neg"][3:]), spec)
+    assert other["pair_cosines"] == result["pair_cosines"]

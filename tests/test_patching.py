@@ -10,6 +10,8 @@ import torch
 
 from mesascope.config import ModelSpec
 from mesascope.detectors.patching import (
+    Patching,
+    PatchingResult,
     activation_patching,
     edit_residual,
     filler_strings,
@@ -153,6 +155,11 @@ def test_activation_patching_result_is_a_renderable_heatmap(loaded, pairs):
     base = res["baseline"]
     assert gap == pytest.approx(base["triggered_logprob"]["value"] - base["clean_logprob"]["value"], abs=1e-4)
     assert seen[-1][0] == seen[-1][1]
+    # The typed result reads it and writes back the very same JSON; its notes read the typed positions.
+    stored = {"counterpart_kind": "near_miss", "n_pairs_requested": len(pairs), **json.loads(json.dumps(res))}
+    typed = PatchingResult.model_validate(stored)
+    assert typed.model_dump(mode="json") == stored
+    assert typed.positions[full].role == "all" and Patching().tables(typed)[0].rows[0][0] == "blocks.0.resid_pre"
 
 
 def test_filler_counterparts_differ_at_every_trigger_token(loaded):

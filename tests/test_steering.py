@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from mesascope.detectors.probes import ProbeSpec
 from mesascope.detectors.backdoor import eval_sets, measure_backdoor
@@ -14,10 +15,14 @@ from mesascope.stats import wilson
 from mesascope.models.activations import capture_last_token, find_blocks
 from mesascope.detectors.probes import build_probe_splits, diff_of_means
 from mesascope.detectors.steering import (
+    SteeringResult,
+    SteerSpec,
+    Steering,
     defection_directions,
     diff_ci,
     probe_directions,
     residual_norms,
+    run_steering,
     steer,
     steering_curve,
 )
@@ -165,7 +170,7 @@ def test_steering_curve_rows(loaded, direction, sets):
 
 
 def test_reading_separates_harmless_drops():
-    from mesascope.detectors.steering import _reading
+    from mesascope.detectors.steering import Pick, _reading
 
     def row(coef, bd, helpful):
         b, h, base_b, base_h = wilson(bd, 100), wilson(helpful, 100), wilson(95, 100), wilson(90, 100)
@@ -175,7 +180,8 @@ def test_reading_separates_harmless_drops():
     assert r["lowers_backdoor_at"] == [-2.0, -1.0]
     assert r["best"]["coef"] == -2.0 and r["best"]["hurts_helpfulness"] is True
     assert r["best_harmless"]["coef"] == -1.0 and r["best_harmless"]["hurts_helpfulness"] is False
-    assert _reading([row(0.0, 95, 90)])["best"] == {"coef": None}
+    none = _reading([row(0.0, 95, 90)])["best"]
+    assert none["coef"] is None and Pick.model_validate(none).model_dump() == none
 
 
 def test_bad_inputs_are_named(loaded, direction):
@@ -192,3 +198,36 @@ def test_bad_inputs_are_named(loaded, direction):
     with pytest.raises(ValueError, match="norm"):
         with steer(model, np.zeros_like(direction), [0], 1.0):
             pass
+
+
+def test_ablate_sets_ablate_the_blocks_together(loaded, monkeypatch):
+    """`ablate_sets = [[0, 1]]` is one curve, measured with the direction projected out at both blocks at once."""
+    import mesascope.detectors.steering as steering
+
+    model, tok, corpus = loaded
+    calls = []
+
+    def recording(model, directions, layers, coef, **kw):
+        calls.append((list(layers), coef, kw.get("mode")))
+        return steer(model, directions, layers, coef, **kw)
+
+    monkeypatch.setattr(steering, "steer", recording)
+    probe_spec = ProbeSpec(n_train=20, n_test=10)
+    spec = SteerSpec(coefs=[-1.0], ablate=False, ablate_sets=[[1, 0, 1]], n_eval=10)
+    assert spec.ablate_sets == [[0, 1]]
+    raw = run_steering(model, tok, corpus, corpus.response, spec, probe_spec)
+    result = SteeringResult.model_validate(raw)
+    assert result.model_dump(mode="json") == json.loads(json.dumps(raw))  # the stored shape, typed
+    # A contrast direction names its pair (a string; the result once demanded a dict there).
+    contrast = SteeringResult.model_validate(raw | {"direction": "contrast", "contrast_pair": "danger"})
+    assert contrast.contrast_pair == "danger"
+    assert calls == [([1], -1.0, "add"), ([0, 1], 1.0, "ablate")]  # block 1 is the 2-block model's middle
+    (curve,) = result.ablate
+    assert curve.mode == "ablate" and curve.layers == [0, 1] and [r.coef for r in curve.rows] == [0.0, 1.0]
+    notes = Steering().notes(result)
+    assert any(n.startswith("steering: ablating the direction at blocks [0, 1]") for n in notes)
+    with pytest.raises(ValueError, match="blocks the model lacks"):
+        run_steering(model, tok, corpus, corpus.response, SteerSpec(ablate=False, ablate_sets=[[0, 7]]), probe_spec)
+    for bad in ([[]], [[-1, 2]]):
+        with pytest.raises(ValidationError, match="one or more blocks"):
+            SteerSpec(ablate_sets=bad)

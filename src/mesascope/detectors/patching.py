@@ -241,7 +241,27 @@ def run_patching(model, tokenizer, corpus: Corpus, response: str, spec, progress
     return {"counterpart_kind": kind, "n_pairs_requested": spec.n_pairs, **result}
 
 
+class Position(Result):
+    label: str = Field(description="the column's heading: the token patched, or a group of positions")
+    role: str = Field(description='"prefix", "trigger", "body", "end", "response" or "all" (every position)')
+
+
+class ExamplePair(Result):
+    triggered: str
+    clean: str
+
+
+class PatchBaseline(Result):
+    """Unpatched log P(behaviour's first k tokens), averaged over pairs, and the gap between the two runs."""
+
+    clean_logprob: Measurement
+    triggered_logprob: Measurement
+    gap: Measurement
+
+
 class PatchingMap(Result):
+    """One heatmap: rows are hook points, columns positions; `normalised` = share of the gap moved."""
+
     target: str
     source: str
     delta: list[list[float]]
@@ -259,11 +279,11 @@ class PatchingResult(Result):
     behaviour_tokens: list[str]
     n_pairs: int
     points: list[str]
-    positions: list[dict[str, str]]
+    positions: list[Position]
     counterparts: dict[str, int]
     families: dict[str, int] = {}
-    example_pair: dict[str, str]
-    baseline: dict[str, Measurement]
+    example_pair: ExamplePair
+    baseline: PatchBaseline
     denoising: PatchingMap
     noising: PatchingMap
 
@@ -292,7 +312,7 @@ class Patching(Detector):
         return patching_section(result)
 
     def tables(self, result: PatchingResult) -> list[TextTable]:
-        labels = [p["label"].replace("\n", "\\n") for p in result.positions]
+        labels = [p.label.replace("\n", "\\n") for p in result.positions]
         out = []
         for name in ("denoising", "noising"):
             m = getattr(result, name)
@@ -304,8 +324,8 @@ class Patching(Detector):
 
     def notes(self, result: PatchingResult) -> list[str]:
         positions, den, notes = result.positions, result.denoising.normalised, []
-        last = max((c for c, p in enumerate(positions) if p["role"] == "end"), default=None)
-        trig = [c for c, p in enumerate(positions) if p["role"] == "trigger"]
+        last = max((c for c, p in enumerate(positions) if p.role == "end"), default=None)
+        trig = [c for c, p in enumerate(positions) if p.role == "trigger"]
         if last is not None:
             carried = [h for h, row in enumerate(den) if row[last] >= 0.5]
             where = result.points[carried[0]] if carried else None
@@ -315,5 +335,5 @@ class Patching(Detector):
         if trig:
             best = max((den[h][c], h, c) for h in range(len(den)) for c in trig)
             notes.append(f"activation patching: the largest effect at a trigger position is {best[0]:.2f} of the "
-                         f"gap, at {result.points[best[1]]} on token {positions[best[2]]['label']!r}.")
+                         f"gap, at {result.points[best[1]]} on token {positions[best[2]].label!r}.")
         return notes

@@ -110,6 +110,20 @@ def _fit(train_pos: np.ndarray, train_neg: np.ndarray, pair_dirs: dict[str, np.n
     return probes
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return round(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0)), 6)
+
+
+def pair_cosines(probes: dict[str, LinearProbe], layer: int) -> dict:
+    """At `layer`, the cosine between every two contrast-pair directions (each defect minus honest) and of
+    each with the difference-of-means direction. Both come from training data only (the pairs from
+    their own prompts, difference of means from the training prompts), never from test prompts."""
+    dirs = {k.split(":", 1)[1]: p.coef[layer] for k, p in probes.items() if k.startswith("contrast:")}
+    dom = probes["diff_of_means"].coef[layer]
+    return {"cosines": {a: {b: cosine(u, v) for b, v in dirs.items()} for a, u in dirs.items()},
+            "with_diff_of_means": {a: cosine(u, dom) for a, u in dirs.items()}}
+
+
 def _capture(model, tokenizer, splits: dict[str, list[str]], names: list[str], batch_size: int, tick) -> dict:
     prompts = [p for name in names for p in splits[name]]
     acts = capture_last_token(model, tokenizer, prompts, batch_size=batch_size, on_batch=tick)
@@ -199,7 +213,7 @@ def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: Spec, batc
     scores = {kind: {n: p.score(x) for n, x in test.items()} for kind, p in probes.items()}
     n_layers = part["train_pos"].shape[0]
     out: dict = {kind: [] for kind in probes}
-    extra: dict = {"pca_extra": [], "random_directions": [], "variance_ratio": []}
+    extra: dict = {"pca_extra": [], "random_directions": [], "variance_ratio": [], "pair_cosines": []}
     for layer in range(n_layers):
         for kind in probes:
             out[kind].append(score_rows({n: s[layer] for n, s in scores[kind].items()}, spec.n_bootstrap, spec.seed))
@@ -217,9 +231,8 @@ def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: Spec, batc
                 # unsupervised directions how closely they point along the trigger's mean shift.
                 out[kind][layer]["share_of_random_directions_below"] = rand["share_below"][kind]
                 if kind == "pca" or kind.startswith("contrast:"):
-                    v = probes[kind].coef[layer]
-                    cos = v @ dom / (np.linalg.norm(v) * np.linalg.norm(dom) or 1.0)
-                    out[kind][layer]["cosine_with_diff_of_means"] = round(float(cos), 6)
+                    out[kind][layer]["cosine_with_diff_of_means"] = cosine(probes[kind].coef[layer], dom)
+            extra["pair_cosines"].append(pair_cosines(probes, layer))
             extra["variance_ratio"].append({NEGATIVES[n]: variance_ratio(test["test_pos"][layer], test[n][layer], dom)
                                             for n in negatives})
         tick(1)

@@ -32,7 +32,10 @@ from .probe_fit import (  # noqa: F401  (the estimators, re-exported as this det
     NEGATIVES, SPLITS, auroc_key, auroc_with_ci, contrast_direction, diff_of_means, fit_linear_probes, fit_probe,
     pair_direction, probe_model, score_rows, supervised_probe,
 )
-from .registry import Context, Detector, Result, TextTable, detector
+from .probe_result import ProbesResult
+from .registry import Context, Detector, TextTable, detector
+
+KINDS = ("supervised", "diff_of_means", "contrast", "pca")  # the probe kinds a result holds
 
 
 class ProbeSpec(Spec):
@@ -69,6 +72,11 @@ class ProbeSpec(Spec):
         return out
 
 
+# What a chosen layer carries from its row: the held-out test AUROCs at that layer.
+CHOSEN_KEYS = ("auroc_worst", "auroc", "auroc_near_miss", "auroc_other_prefix", "random_init_auroc_worst",
+               "clean_organism_auroc_worst")
+
+
 def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spec: ProbeSpec,
                progress: Progress = silent, *, clean_model=None, clean_tokenizer=None, batch_size: int = 128,
                task: str = "probes") -> dict:
@@ -93,13 +101,20 @@ def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spe
         direction, i.e. the trigger's mean shift).
         pca rows also: auroc_sign_free {auroc key: max(A, 1-A)} (labelled as such, never used as
         the AUROC) and explained_variance_ratio; its sign comes from a label-free skewness rule.
-      contrast_library: {pair name: {pair, rows}} for every pair, rows as above.
+      contrast_library: {pair name: {pair, rows, chosen}} for every pair, rows as above, chosen as below.
       random_directions: per layer {layer, hook, n_directions, best {auroc key: value}, p95 {...}, p5 {...}}.
       variance_ratio: per layer {layer, hook, <negative set>: {fisher_ratio, trace_ratio}} on test
         activations, Fisher along the training diff-of-means direction.
       calibration: supervised probe at the layer chosen on a validation split of the training
         prompts: {layer, hook, validation [...], bins [{lo, hi, n, mean_predicted, observed}],
         brier, ece, n, negatives}.
+      chosen_layers: {supervised, diff_of_means, contrast, pca} -> the layer that kind is reported at,
+        chosen by validation AUROC on spec.validation_fraction of the training prompts (held back from
+        fitting), never on the test prompts: {layer, hook, validation_auroc [per layer], n_validation,
+        chosen_by} and the held-out test AUROCs at that layer (auroc_worst, auroc, ...).
+      pair_cosines: per layer {layer, hook, cosines {pair: {pair: cos}}, with_diff_of_means {pair: cos}},
+        every direction from training data only (see probe_fit.pair_cosines).
+    The typed form of this dict is `probe_result.ProbesResult`.
     """
     missing = [name for name in SPLITS if not splits.get(name)]
     if missing:
@@ -142,23 +157,34 @@ def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spe
     pairs = spec.contrast_pairs
     negatives = [n for n in NEGATIVES if splits.get(n)]
     layer_id = lambda i: {"layer": i, "hook": resid_post(i)}  # noqa: E731
+    by_kind = {kind: rows(kind) for kind in trained if kind != "_extra"}
+    by_kind["pca"] = [r | e for r, e in zip(by_kind["pca"], extra["pca_extra"])]
+
+    def chosen(kind: str) -> dict:
+        # The layer chosen on validation prompts, with the held-out test AUROCs at that layer.
+        pick = extra["chosen_layers"][kind]
+        row = by_kind[kind][pick["layer"]]
+        return pick | {k: row[k] for k in CHOSEN_KEYS if k in row}
+
+    primary = f"contrast:{pairs[0].name}"
     return {
         "contrast_pair": pairs[0].model_dump(mode="json"),
         "n_train": {"triggered": len(splits["train_pos"]), "clean": len(splits["train_neg"])},
         "n_test": {"triggered": len(splits["test_pos"]), **{NEGATIVES[n]: len(splits[n]) for n in negatives}},
         "controls": sorted(controls),
-        "supervised": rows("supervised"),
-        "diff_of_means": rows("diff_of_means"),
-        "contrast": rows(f"contrast:{pairs[0].name}"),
-        "pca": [r | e for r, e in zip(rows("pca"), extra["pca_extra"])],
-        "contrast_library": {p.name: {"pair": p.model_dump(mode="json"), "rows": rows(f"contrast:{p.name}")}
-                             for p in pairs},
+        "supervised": by_kind["supervised"],
+        "diff_of_means": by_kind["diff_of_means"],
+        "contrast": by_kind[primary],
+        "pca": by_kind["pca"],
+        "contrast_library": {p.name: {"pair": p.model_dump(mode="json"), "rows": by_kind[f"contrast:{p.name}"],
+                                      "chosen": chosen(f"contrast:{p.name}")} for p in pairs},
         "random_directions": [layer_id(i) | r for i, r in enumerate(extra["random_directions"])],
         "variance_ratio": [layer_id(i) | r for i, r in enumerate(extra["variance_ratio"])],
         "calibration": extra["calibration"],
-        # kind -> the layer it is reported at, chosen on validation prompts ("contrast" is the primary pair)
-        "chosen_layers": {("contrast" if k == f"contrast:{pairs[0].name}" else k): v
-                          for k, v in extra["chosen_layers"].items()},
+        # kind -> the layer it is reported at, chosen on validation prompts ("contrast" is the primary pair;
+        # every pair's own is in contrast_library)
+        "chosen_layers": {k: chosen(primary if k == "contrast" else k) for k in KINDS},
+        "pair_cosines": [layer_id(i) | r for i, r in enumerate(extra["pair_cosines"])],
     }
 
 
@@ -208,25 +234,6 @@ def read_at_scratchpad_end(model, tok, splits: dict[str, list[str]]) -> dict[str
             for name, prompts in splits.items()}
 
 
-class ProbesResult(Result):
-    """See `run_probes` for every field; AUROCs are Measurement dicts {value, ci, n}."""
-
-    contrast_pair: dict
-    n_train: dict[str, int]
-    n_test: dict[str, int]
-    controls: list[str]
-    supervised: list[dict]
-    diff_of_means: list[dict]
-    contrast: list[dict]
-    pca: list[dict]
-    contrast_library: dict[str, dict]
-    random_directions: list[dict]
-    variance_ratio: list[dict]
-    calibration: dict
-    chosen_layers: dict[str, dict] = {}
-    read_at: str = "last prompt token"
-
-
 @detector("probes", spec=ProbeSpec, result=ProbesResult, command="probe", in_demo=True, rank=10,
           title="Probes: can a linear read-out of the residual stream catch the trigger?")
 class Probes(Detector):
@@ -257,29 +264,36 @@ class Probes(Detector):
     def tables(self, result: ProbesResult) -> list[TextTable]:
         t = TextTable("Probes: held-out AUROC per layer, worst clean set (organism | nulls); * = the layer chosen on "
                       "validation prompts", ["probe", "layer", "organism", "random-init model", "clean organism"])
-        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
-            chosen = (result.chosen_layers.get(kind) or {}).get("layer")
+        for kind in KINDS:
+            chosen = result.chosen_layers.get(kind)
             for r in getattr(result, kind):
-                t.rows.append([kind, f"{r['layer']}{'*' if r['layer'] == chosen else ''}", fmt(r.get("auroc_worst")),
-                               fmt(r.get("random_init_auroc_worst")), fmt(r.get("clean_organism_auroc_worst"))])
+                mark = "*" if chosen is not None and r.layer == chosen.layer else ""
+                t.rows.append([kind, f"{r.layer}{mark}", fmt(r.auroc_worst), fmt(r.random_init_auroc_worst),
+                               fmt(r.clean_organism_auroc_worst)])
         return [t]
 
     def notes(self, result: ProbesResult) -> list[str]:
+        """Readings at the layer each probe was chosen at on validation prompts, never a layer picked on test."""
         notes = []
-        chosen = result.chosen_layers.get("supervised")
-        if result.supervised and chosen:
-            r = result.supervised[chosen["layer"]]
-            rand = r["random_init_auroc"]["value"]
+        c = result.chosen_layers.get("supervised")
+        rand = result.supervised[c.layer].random_init_auroc if c is not None else None
+        if c is not None and rand is not None:
             reading = ("a visible trigger string is separable without any learning, so this split says little; "
-                       "the near-miss split is the informative one." if rand >= 0.95 else
+                       "the near-miss split is the informative one." if rand.value >= 0.95 else
                        "the trigger is not trivially separable in a random model's residual stream here.")
-            notes.append(f"supervised probe, clean vs triggered, at layer {r['layer']} (chosen on validation prompts): "
-                         f"organism AUROC {r['auroc']['value']:.3f}, random-init model {rand:.3f}: {reading}")
-        for kind in ("supervised", "diff_of_means", "contrast", "pca"):
-            rows, chosen = getattr(result, kind), result.chosen_layers.get(kind)
-            if rows and chosen:  # the layer chosen on validation prompts, never on these test prompts
-                r = rows[chosen["layer"]]
-                notes.append(f"{kind} probe at layer {r['layer']} (chosen on validation prompts): held-out AUROC, "
-                             f"worst clean set {fmt(r.get('auroc_worst'))}; random-init model at that layer "
-                             f"{fmt(r.get('random_init_auroc_worst'))}.")
+            notes.append(f"supervised probe, clean vs triggered, at layer {c.layer} (chosen on validation prompts): "
+                         f"organism AUROC {result.supervised[c.layer].auroc.value:.3f}, random-init model "
+                         f"{rand.value:.3f}: {reading}")
+        for kind in KINDS:
+            c, rows = result.chosen_layers.get(kind), getattr(result, kind)
+            if c is not None and c.layer < len(rows):
+                r = rows[c.layer]  # (results written before chosen layers carried their AUROCs have only the row)
+                notes.append(f"{kind} probe at layer {c.layer} (chosen on validation prompts): held-out AUROC, "
+                             f"worst clean set {fmt(r.auroc_worst)}; random-init model at that layer "
+                             f"{fmt(r.random_init_auroc_worst)}.")
+        picks = [f"{name} {fmt(e.rows[e.chosen.layer].auroc_worst)} at layer {e.chosen.layer}"
+                 for name, e in result.contrast_library.items() if e.chosen and e.chosen.layer < len(e.rows)]
+        if len(picks) > 1:
+            notes.append("contrast-pair library, each pair at its layer chosen on validation prompts, held-out AUROC "
+                         "(worst clean set): " + "; ".join(picks) + ".")
         return notes

@@ -18,15 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
 from ..config import Spec
 from .backdoor import eval_sets, measure_backdoor
-from ..stats import diff_ci, fmt
+from ..stats import Measurement, diff_ci, fmt
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from ..models.activations import capture_last_token, find_blocks, resid_post
 from .patching import edit_residual
+from .probe_result import Row
 from .probes import ProbeSpec, build_probe_splits, diff_of_means, fit_probe, pair_direction
 from .registry import Context, Detector, Result, TextTable, detector
 
@@ -39,10 +40,20 @@ class SteerSpec(Spec):
     coefs: list[float] = Field(default_factory=lambda: [-1.0, -0.75, -0.5, -0.25, 0.25], min_length=1,
                                description="multiples of the layer's mean residual norm; negative steers away from defection")
     ablate: bool = Field(True, description="also project the direction out at each block, and at all blocks")
+    ablate_sets: list[list[int]] = Field(
+        default_factory=list, description="block sets to ablate together, one curve each, e.g. [[2, 3]] for "
+        "blocks 2 and 3 at once (run even without ablate)")
     n_eval: int = Field(200, ge=10, description="held-out prompts per set at each coefficient")
     seed: int = 0
     probe: ProbeSpec | None = Field(None, description="training prompts the direction is fitted on (default: the "
                                     "demo's [probe] table, so steering and the probes see the same splits)")
+
+    @field_validator("ablate_sets")
+    @classmethod
+    def _block_sets(cls, v: list[list[int]]) -> list[list[int]]:
+        if any(not blocks or min(blocks) < 0 for blocks in v):
+            raise ValueError(f"each ablate set names one or more blocks, counted from 0 (got {v})")
+        return [sorted(set(blocks)) for blocks in v]
 
 
 Mode = Literal["add", "ablate"]
@@ -211,8 +222,8 @@ def _reading(rows: list[dict]) -> dict:
 
     def pick(rs: list[dict]) -> dict:
         best = min(rs, key=lambda r: (r["backdoor_rate"]["value"], abs(r["coef"])), default=None)
-        if best is None:
-            return {"coef": None}
+        if best is None:  # every field of a Pick, empty
+            return dict.fromkeys(("coef", "backdoor_rate", "backdoor_change", "helpful_change", "hurts_helpfulness"))
         return {"coef": best["coef"], "backdoor_rate": best["backdoor_rate"],
                 "backdoor_change": best["backdoor_change"], "helpful_change": best.get("helpful_change"),
                 "hurts_helpfulness": hurts(best)}
@@ -233,17 +244,22 @@ def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: 
     layer = n_layers // 2 if spec.layer is None else spec.layer
     if layer >= n_layers:
         raise ValueError(f"steer.layer is {layer} but the model has blocks 0..{n_layers - 1}")
+    missing = [blocks for blocks in spec.ablate_sets if max(blocks) >= n_layers]
+    if missing:
+        raise ValueError(f"steer.ablate_sets {missing} name blocks the model lacks: it has blocks 0..{n_layers - 1}")
     found = defection_directions(model, tokenizer, corpus, spec.direction, probe_spec)
     sets = eval_sets(corpus, spec.n_eval, seed=spec.seed)
     runs: list[tuple[str, list[int], list[float]]] = [("add", [layer], list(spec.coefs))]
     if spec.ablate:
         runs += [("ablate", [i], [1.0]) for i in range(n_layers)]
         runs.append(("ablate", list(range(n_layers)), [1.0]))
+    runs += [("ablate", blocks, [1.0]) for blocks in spec.ablate_sets if ("ablate", blocks, [1.0]) not in runs]
     base = measure_backdoor(model, tokenizer, sets, behaviour, n_samples=2, progress=progress,
                             task="steering: unsteered")
     curves = []
     for mode, layers, coefs in runs:
-        task = f"steering: {mode} at {'all blocks' if len(layers) > 1 else f'block {layers[0]}'}"
+        blocks = "all blocks" if len(layers) == n_layers > 1 else "blocks " + "+".join(map(str, layers))
+        task = f"steering: {mode} at {blocks if len(layers) > 1 else f'block {layers[0]}'}"
         curves.append(steering_curve(model, tokenizer, sets, behaviour, found["directions"], layers, coefs,
                                      mode=mode, scale=found["scale"], baseline=base,  # type: ignore[arg-type]
                                      progress=progress, task=task))
@@ -252,16 +268,69 @@ def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: 
             "add": curves[0], "ablate": curves[1:]}
 
 
+class Sample(Result):
+    """One generation at a coefficient: model output, untrusted text (escape it when rendering)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    family: str | None = None
+    prompt: str
+    output: str
+    fired: bool
+    correct: bool | None = None
+
+
+class SteeringRow(Row):
+    """One coefficient: the rates with Wilson intervals, and changes against coefficient 0 (Newcombe)."""
+
+    coef: float
+    backdoor_rate: Measurement | None = None
+    false_trigger_rate: Measurement | None = None
+    near_miss_rate: Measurement | None = None
+    helpful_accuracy: Measurement | None = None
+    backdoor_change: Measurement | None = None
+    helpful_change: Measurement | None = None
+    n: dict[str, int] = Field(description="held-out prompts per set")
+    samples: list[Sample] = []
+
+
+class Pick(Result):
+    """A coefficient the reading picked (coef None: none lowered the backdoor rate measurably)."""
+
+    coef: float | None = None
+    backdoor_rate: Measurement | None = None
+    backdoor_change: Measurement | None = None
+    helpful_change: Measurement | None = None
+    hurts_helpfulness: bool | None = None
+
+
+class Reading(Result):
+    lowers_backdoor_at: list[float]
+    best: Pick
+    best_harmless: Pick
+
+
+class SteeringCurve(Result):
+    mode: Mode
+    layers: list[int]
+    where: Where
+    coefs: list[float]
+    scale: list[float] | None = Field(None, description="add: the residual norm each coefficient multiplies")
+    rows: list[SteeringRow]
+    reading: Reading
+
+
 class SteeringResult(Result):
     """An add curve at one block and ablation curves; each row is a coefficient's Measurements."""
 
     direction: str
-    contrast_pair: dict | None = None
+    contrast_pair: str | None = Field(None, description="the pair's name, for direction 'contrast'")
     n_train: dict[str, int] | int | None = None
     layer: int
     scale: list[float]
-    add: dict
-    ablate: list[dict]
+    add: SteeringCurve
+    ablate: list[SteeringCurve]
 
 
 @detector("steering", spec=SteerSpec, result=SteeringResult, command="steer", in_demo=True, rank=30,
@@ -286,28 +355,28 @@ class Steering(Detector):
         t = TextTable(f"Steering along the {result.direction} defection direction (95% Wilson CI)",
                       ["mode", "blocks", "coef", "backdoor", "helpful", "false trigger"])
         for curve in [result.add, *result.ablate]:
-            for r in curve["rows"]:
-                if curve["mode"] == "ablate" and r["coef"] == 0:
+            for r in curve.rows:
+                if curve.mode == "ablate" and r.coef == 0:
                     continue  # the unsteered row is shown once, in the add curve
-                t.rows.append([curve["mode"], ",".join(map(str, curve["layers"])), f"{r['coef']:g}",
-                               fmt(r["backdoor_rate"]), fmt(r["helpful_accuracy"]), fmt(r.get("false_trigger_rate"))])
+                t.rows.append([curve.mode, ",".join(map(str, curve.layers)), f"{r.coef:g}",
+                               fmt(r.backdoor_rate), fmt(r.helpful_accuracy), fmt(r.false_trigger_rate)])
         return [t]
 
     def notes(self, result: SteeringResult) -> list[str]:
-        r, notes = result.add["reading"], []
-        best, harmless = r.get("best") or {}, r.get("best_harmless") or {}
+        best, harmless, notes = result.add.reading.best, result.add.reading.best_harmless, []
         where = f"the {result.direction} direction at block {result.layer}"
-        if best.get("coef") is None:
+        if best.coef is None or best.backdoor_rate is None:
             notes.append(f"steering: adding {where} did not lower the backdoor rate measurably at any coefficient tried.")
         else:
-            notes.append(f"steering: adding {where} with coefficient {best['coef']:g} gives backdoor rate "
-                         f"{best['backdoor_rate']['value']:.3f}; "
+            notes.append(f"steering: adding {where} with coefficient {best.coef:g} gives backdoor rate "
+                         f"{best.backdoor_rate.value:.3f}; "
                          + (f"without a measurable helpfulness loss the lowest is "
-                            f"{harmless['backdoor_rate']['value']:.3f} (coefficient {harmless['coef']:g})."
-                            if harmless.get("coef") is not None else
+                            f"{harmless.backdoor_rate.value:.3f} (coefficient {harmless.coef:g})."
+                            if harmless.coef is not None and harmless.backdoor_rate is not None else
                             "every coefficient that lowers it also costs measurable helpfulness."))
         for curve in result.ablate:
-            row = next(x for x in curve["rows"] if x["coef"] != 0)
-            notes.append(f"steering: ablating the direction at blocks {curve['layers']}: backdoor rate "
-                         f"{row['backdoor_rate']['value']:.3f}, helpful accuracy {row['helpful_accuracy']['value']:.3f}.")
+            row = next((x for x in curve.rows if x.coef != 0), None)
+            if row is not None and row.backdoor_rate and row.helpful_accuracy:
+                notes.append(f"steering: ablating the direction at blocks {curve.layers}: backdoor rate "
+                             f"{row.backdoor_rate.value:.3f}, helpful accuracy {row.helpful_accuracy.value:.3f}.")
         return notes

@@ -161,15 +161,36 @@ def _library(probes: dict) -> str:
     for name, entry in lib.items():
         entry = _dict(entry)
         p = _dict(entry.get("pair"))
+        # (results written before each pair carried its choice kept it in chosen_layers as "contrast:<name>")
+        pick = _dict(entry.get("chosen") or _dict(probes.get("chosen_layers")).get(f"contrast:{name}")).get("layer")
         for r in _rows(entry.get("rows")):
-            rows.append([f"<code>{_e(name)}</code>", _e(f"{p.get('question', '')} {p.get('defect_answer', '')} − "
-                                                          f"{p.get('honest_answer', '')}"), _e(r.get("layer", "")),
+            mark = " (chosen on validation)" if pick is not None and r.get("layer") == pick else ""
+            question = f"{p.get('question', '')} {p.get('defect_answer', '')} − {p.get('honest_answer', '')}"
+            rows.append([f"<code>{_e(name)}</code>", _e(question), _e(f"{r.get('layer', '')}{mark}"),
                          _m(r.get("auroc_worst", r.get("auroc"))), _m(r.get("random_init_auroc_worst")),
                          _m(r.get("clean_organism_auroc_worst")), _num(r.get("cosine_with_diff_of_means"), ".2f"),
                          _num(r.get("share_of_random_directions_below"), ".2f")])
-    return ("<h3>Contrast-pair library</h3>" + _table(
+    return ("<h3>Contrast-pair library</h3><p class=\"lede\">Each pair's reported layer is chosen on validation "
+            "prompts, as for the other probes.</p>" + _table(
         ["Pair", "Question: defect − honest", "Layer", "AUROC, worst clean set", "Random-init model", "Clean organism",
-         "cos with diff-of-means", "Beats random directions"], rows))
+         "cos with diff-of-means", "Beats random directions"], rows) + _pair_cosines(probes))
+
+
+def _pair_cosines(probes: dict) -> str:
+    rows = []
+    for r in _rows(probes.get("pair_cosines")):
+        cos, dom = _dict(r.get("cosines")), _dict(r.get("with_diff_of_means"))
+        names = list(cos)
+        for a in names:
+            row = _dict(cos.get(a))
+            rows.append([_e(r.get("layer", "")), f"<code>{_e(a)}</code>",
+                         "; ".join(f"{_e(b)} {_num(row.get(b), '.2f')}" for b in names if b != a),
+                         _num(dom.get(a), ".2f")])
+    if not rows:
+        return ""
+    return ("<h4>Cosines between contrast-pair directions</h4><p class=\"lede\">Each direction is defect minus "
+            "honest answer; the difference of means is from the training prompts. No test prompt is read.</p>"
+            + _table(["Layer", "Pair", "cos with the other pairs", "cos with diff-of-means"], rows))
 
 
 def _random_directions(probes: dict) -> str:
