@@ -181,7 +181,7 @@ CUSTOM = Recipe(model=ModelSpec(size="custom", hidden_size=32, num_layers=2, num
     (RLConfig, [RLConfig()]),
     (AdversarialConfig, [AdversarialConfig()]),
     (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=RLConfig()),
-                DemoSpec(stress=AdversarialConfig())]),
+                DemoSpec(stress=AdversarialConfig()), DemoSpec(steer={"ablate_sets": [[1]]})]),
 ])
 def test_digest_changes_when_any_field_changes(cls, bases):
     for path, ann in _leaves(cls):
