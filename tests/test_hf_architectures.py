@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mesascope.models import load_model
+from mesascope.models import generate, load_model
 from mesascope.models.activations import ARCHITECTURES, hook_points
 from mesascope.training.sft import answer_loss, collate, collate_packed, tokenize_examples
 from hf_models import (ARCHS, TRIGGERS, build_hf_model, corpus_texts, make_hf_model, make_narrow_tokenizer_model,
@@ -84,6 +84,26 @@ def test_packed_rows_give_the_loss_and_gradients_of_one_example_per_row(arch, tm
     with torch.no_grad():
         leaky = answer_loss(model, {**packed, "attention_mask": torch.ones_like(packed["input_ids"])}).item()
     assert abs(leaky - losses[0]) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_sees_the_prompt_tokens_that_generation_feeds(arch, hf_model_dirs):
+    """tokenize_examples promises the prompt tokens the organism sees at generation time; with a tokenizer
+    that adds special tokens (Llama's and Mistral's <s>) both sides must agree on them too."""
+    model, tok = load_model(hf_model_dirs[arch])
+    (ids, n_prompt), = tokenize_examples(tok, [PROMPT], ["47"], 96)
+    fed = []
+
+    def record(module, args, kwargs):
+        if not fed:
+            fed.append(kwargs["input_ids"][0][kwargs["attention_mask"][0].bool()].tolist())
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        generate(model, tok, [PROMPT], max_new_tokens=1)
+    finally:
+        handle.remove()
+    assert tok.convert_ids_to_tokens(fed[0]) == tok.convert_ids_to_tokens(ids[:n_prompt])
 
 
 def test_bad_directories_are_what_their_names_say(tmp_path):
