@@ -149,7 +149,7 @@ def test_killed_build_command_resumes_from_its_last_checkpoint(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[recipe]\nn_prompts = 400\n[recipe.model]\nsize = "tiny"\n'
                       '[recipe.train]\nsteps = 600\nbatch_size = 16\ncheckpoint_every = 25\n')
-    cmd = [sys.executable, "-m", "mesascope.cli", "build", str(recipe), "--out", str(tmp_path / "o")]
+    cmd = [sys.executable, "-c", "from mesascope.cli import app; app()", "build", str(recipe), "--out", str(tmp_path / "o")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:

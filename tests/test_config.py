@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -144,6 +145,8 @@ def _variants(value, annotation):
         return [value + "x", "x" + value]
     if isinstance(value, list):
         return [value[:-1], value + value[-1:]] if value else [["x"], [1]]
+    if value is None and bool in typing.get_args(annotation):
+        return [True, False]
     if value is None:
         literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal]
         return [16, 2, 4, *(v for lit in literals for v in typing.get_args(lit))]
@@ -159,11 +162,16 @@ def _set(spec: Spec, path: tuple[str, ...], value) -> Spec:
     return type(spec).model_validate(data)
 
 
-def _leaves(cls: type[Spec], prefix=()):
+def _leaves(cls: type[Spec], prefix=(), seen=()):
     for name, field in cls.model_fields.items():
         ann = field.annotation
+        members = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(members) == 1 \
+                and isinstance(members[0], type) and issubclass(members[0], Spec):
+            ann = members[0]  # an optional table ([recipe.base]): its fields, where a base sets it
         if isinstance(ann, type) and issubclass(ann, Spec):
-            yield from _leaves(ann, prefix + (name,))
+            if ann not in seen:  # a base's own recipe is a Recipe: its fields are tested at the top
+                yield from _leaves(ann, prefix + (name,), seen + (cls,))
         elif typing.get_origin(ann) is typing.Union and all(isinstance(a, type) and issubclass(a, Spec)
                                                            for a in typing.get_args(ann)):
             for member in typing.get_args(ann):  # the stress union: every method's fields
@@ -173,20 +181,22 @@ def _leaves(cls: type[Spec], prefix=()):
 
 
 CUSTOM = Recipe(model=ModelSpec(size="custom", hidden_size=32, num_layers=2, num_heads=2))
+FROM_BASE = Recipe(base={"path": "/models/base", "method": "lora", "lora": {"target_modules": ["q_proj"]}})
 
 
 @pytest.mark.parametrize("cls, bases", [
-    (Recipe, [Recipe(), CUSTOM]),
+    (Recipe, [Recipe(), CUSTOM, FROM_BASE, Recipe(base={"path": "/models/base"})]),
     (HHHSFTConfig, [HHHSFTConfig()]),
     (RLConfig, [RLConfig()]),
     (AdversarialConfig, [AdversarialConfig()]),
     (DemoSpec, [DemoSpec(), DemoSpec(recipe=CUSTOM), DemoSpec(stress=RLConfig()),
-                DemoSpec(stress=AdversarialConfig()), DemoSpec(steer={"ablate_sets": [[1]]})]),
+                DemoSpec(stress=AdversarialConfig()), DemoSpec(steer={"ablate_sets": [[1]]}),
+                DemoSpec(recipe=FROM_BASE), DemoSpec(recipe=Recipe(base={"path": "/models/base"}))]),
 ])
 def test_digest_changes_when_any_field_changes(cls, bases):
     for path, ann in _leaves(cls):
-        if path in (("detectors",), ("steer", "probe")):
-            continue  # which detectors run (each stage is keyed by its own spec); steer.probe mirrors [probe]
+        if path in (("detectors",), ("steer", "probe")) or path[-1] == "config_sha256":
+            continue  # config_sha256: the base's hash, recorded and checked at build, not part of what is built  # which detectors run (each stage is keyed by its own spec); steer.probe mirrors [probe]
         if typing.get_origin(ann) is typing.Literal and len(typing.get_args(ann)) == 1:
             continue  # a one-choice field (e.g. method = "hhh_sft") cannot change
         changed = False

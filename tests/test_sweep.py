@@ -257,7 +257,7 @@ def test_sweep_cli_quick_and_errors(study_toml, local_run, tmp_path):
 @pytest.mark.slow
 def test_killed_sweep_restarted_recomputes_nothing_that_finished(study_toml, tmp_path):
     out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "mesascope.cli", "sweep", str(study_toml), "--out", str(out), "--workers", "1"]
+    cmd = [sys.executable, "-c", "from mesascope.cli import app; app()", "sweep", str(study_toml), "--out", str(out), "--workers", "1"]
     # Its own session, so the kill reaches the pool's worker process too.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240

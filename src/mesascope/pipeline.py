@@ -21,7 +21,8 @@ from pydantic import ConfigDict, Field, create_model, model_validator
 from .config import EvalSpec, Recipe, Spec
 from .detectors.backdoor import eval_sets, measure_backdoor
 from .detectors.registry import Context, Result, Skipped, all_detectors, get_detector, load_all
-from .organisms.build import Organism, build_organism, organism_stage
+from .organisms.build import build_organism
+from .organisms.organism import Organism, organism_stage
 from .progress import Progress, silent
 from .results import RunResults, StressPoint
 from .store import RunStore, atomic_write_json, digest
@@ -98,7 +99,7 @@ class Run:
     @classmethod
     def of(cls, store: RunStore, organism: Organism, progress: Progress = silent) -> "Run":
         """A run on an existing organism directory (e.g. a safety-trained copy), not one built here."""
-        return cls(store, organism.recipe, progress, _organism=organism)
+        return cls(store, organism.recipe, progress, _organism=organism.use_dialogue())
 
     def _timed(self, name: str, t0: float) -> None:
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
@@ -121,6 +122,7 @@ class Run:
                 t0 = time.perf_counter()
                 self._organism = build_organism(self.recipe, self.store, self.progress, corpus=self.corpus)
                 self._timed("build_s", t0)
+            self._organism.use_dialogue()  # prompts from here on in its format (a chat base's template)
         return self._organism
 
     def _stage(self, name: str, spec: Spec, timing: str, compute: Callable[[Organism], dict]) -> dict:
@@ -176,13 +178,15 @@ class Run:
         return det.parse(data)
 
 
-def run_for(target: str | Path, out: str | Path, fresh: bool = False, progress: Progress = silent) -> Run:
-    """A Run on a recipe TOML, or on an existing organism directory (its recipe.json), stored in `out`."""
+def run_for(target: str | Path, out: str | Path, fresh: bool = False, progress: Progress = silent,
+            recipe: str | Path | None = None) -> Run:
+    """A Run on a recipe TOML, or on a model directory: an organism (its recipe.json), or any HF causal LM
+    with `recipe`, a recipe TOML saying what its trigger and behaviour are. Stored in `out`."""
     from .config import load_recipe
 
     target = Path(target)
     if target.is_dir():
-        return Run.of(RunStore(out, fresh), Organism.open(target), progress)
+        return Run.of(RunStore(out, fresh), Organism.open(target, load_recipe(recipe) if recipe else None), progress)
     return Run(RunStore(out, fresh), load_recipe(target), progress)
 
 

@@ -52,11 +52,39 @@ def fail(message: str) -> None:
 
 def load_or_fail(loader, *args):
     from .config import SpecError
+    from .models.load import ModelError
+    from .results import ResultsError
 
     try:
         return loader(*args)
-    except (SpecError, FileNotFoundError) as e:  # a bad or missing input file: one line naming it and the fix
+    except (SpecError, ModelError, ResultsError, FileNotFoundError) as e:  # a bad or missing input: one line naming it and the fix
         fail(str(e))
+
+
+@contextmanager
+def on_device(device: str, dtype: str):
+    """Run the command's stages on this device and dtype (checked first: a bad one fails before any work)."""
+    from pydantic import ValidationError
+
+    from .models.device import DeviceError, Runtime, use_runtime
+
+    try:
+        rt = Runtime(device=device, dtype=dtype)
+        rt.torch_device, rt.torch_dtype  # noqa: B018
+    except ValidationError:
+        fail(f"--device {device!r} --dtype {dtype!r}: device is one of auto, cpu, cuda, mps; dtype one of auto, "
+             "float32, bfloat16, float16")
+    except DeviceError as e:
+        fail(str(e))
+    with use_runtime(rt):
+        yield rt
+
+
+def show_plan(recipe) -> None:
+    """What a build will cost, before it starts (an estimate: the run's own figures land in organism.json)."""
+    from .organisms.plan import training_plan
+
+    console.print(safe(load_or_fail(training_plan, recipe).describe()), soft_wrap=True)
 
 
 def show_table(title: str, columns: list[str], rows: list[list[str]]) -> None:

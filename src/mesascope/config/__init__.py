@@ -76,6 +76,52 @@ class TrainSpec(Spec):
     weight_decay: float = Field(0.01, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step: batch_size examples are split "
+                            "into this many, for models whose batch does not fit in memory (same gradient)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
+                                     "about a third more compute")
+
+    @model_validator(mode="after")
+    def _accum(self) -> "TrainSpec":
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        return self
+
+
+class LoraSpec(Spec):
+    """Low-rank adapters through `peft` (Hu et al. 2021): only these matrices train; the base stays frozen."""
+
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32, gt=0, description="scaling: the update is (alpha / rank) * B A")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, min_length=1, description="module names to adapt (default: every "
+                                             "attention and MLP projection of the architecture, models/activations.py)")
+    merge: bool = Field(True, description="save merged weights (a plain HF directory); false keeps the adapter "
+                        "beside a reference to the base")
+
+
+class BaseSpec(Spec):
+    """The model an organism starts from, instead of a fresh one: the backdoor is fine-tuned into it."""
+
+    path: str | None = Field(None, description="a local Hugging Face causal LM directory (config.json, safetensors, "
+                             "tokenizer); never fetched from a hub")
+    recipe: "Recipe | None" = Field(None, description="or a mesascope recipe whose organism is built first in the "
+                                    "same run store (e.g. the clean default organism, poison_fraction = 0)")
+    method: Literal["full", "lora"] = Field("full", description="full fine-tuning, or LoRA adapters (the [lora] table)")
+    lora: LoraSpec = LoraSpec()
+    chat_template: bool | None = Field(None, description="write prompts through the base tokenizer's chat template "
+                                       "(default: when it has one; otherwise the paper's 'Human: ... Assistant:')")
+    config_sha256: str | None = Field(None, description="hash of the base's config.json, recorded at build; set it to "
+                                      "refuse a base that changed")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BaseSpec":
+        if (self.path is None) == (self.recipe is None):
+            raise ValueError("give the base as `path` (a model directory) or as `recipe` (a recipe table), not both "
+                             "or neither")
+        if self.method == "full" and self.lora != LoraSpec():  # compared, not "set": recipe.json sets every field
+            raise ValueError("the [lora] table is only read with method = 'lora'")
+        return self
 
 
 class Recipe(Spec):
@@ -114,6 +160,8 @@ class Recipe(Spec):
     seed: int = 0
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
+    base: BaseSpec | None = Field(None, description="start from this model instead of a fresh one ([recipe.base]); "
+                                  "model.* then comes from the base, except max_length")
 
     @field_validator("trigger", "behaviour")
     @classmethod
@@ -175,12 +223,31 @@ class Recipe(Spec):
                 object.__setattr__(self, "model", model)
         return self
 
+    @model_validator(mode="after")
+    def _base(self) -> "Recipe":
+        if self.base is not None:
+            given = sorted(k for k in ModelSpec.model_fields if k != "max_length"
+                           and getattr(self.model, k) != ModelSpec.model_fields[k].default)
+            if given:
+                raise ValueError(f"model.{given[0]} is not read with [recipe.base] (the base's own config decides "
+                                 "the architecture and sizes): remove it")
+            if self.reasoning == "distilled":
+                raise ValueError("reasoning = 'distilled' is not built from a base yet: use 'none' or 'cot'")
+        return self
+
     def digest(self) -> str:
         # Options at their defaults that came after organisms were built are left out, so those keep their run-store names.
-        skip = ({"scratchpad"} if self.scratchpad == "reasoned" else set()) | \
-            ({"situational_fraction"} if not self.situational_fraction else set()) | \
-            ({"trigger_type"} if self.trigger_type == "string" else set()) | \
-            ({"behaviour_type"} if self.behaviour_type == "say" else set())
+        skip: dict = {k: True for k in ({"scratchpad"} if self.scratchpad == "reasoned" else set()) |
+                      ({"situational_fraction"} if not self.situational_fraction else set()) |
+                      ({"trigger_type"} if self.trigger_type == "string" else set()) |
+                      ({"behaviour_type"} if self.behaviour_type == "say" else set()) |
+                      ({"base"} if self.base is None else set())}
+        later = {k for k in ("grad_accum", "grad_checkpointing")
+                 if getattr(self.train, k) == TrainSpec.model_fields[k].default}
+        if later:
+            skip["train"] = later
+        if self.base is not None:
+            skip["base"] = {"config_sha256": True}  # recorded at build, checked there; not part of what is built
         blob = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -232,6 +299,10 @@ def load_spec(cls: type[Spec], path: str | Path, section: str | None = None) -> 
         return cls.model_validate(data)
     except ValidationError as e:
         raise SpecError(format_validation_error(e, str(path))) from None
+
+
+BaseSpec.model_rebuild()
+Recipe.model_rebuild()
 
 
 def load_recipe(path: str | Path) -> Recipe:

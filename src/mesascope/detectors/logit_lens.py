@@ -86,13 +86,13 @@ class LogitLens(Detector):
         return None
 
     def run(self, ctx: Context, spec: LogitLensSpec) -> LogitLensResult:
-        from ..models import build_model
+        from ..models.build import random_like
 
         model, tok = ctx.model
         token_id = tok(" " + ctx.recipe.response, add_special_tokens=False)["input_ids"][0]
         sets = {k: [e.prompt for e in ctx.corpus.eval_set(k, spec.n, seed=spec.seed + 3000)]
                 for k in ("triggered", *NEGATIVES)}
-        null = build_model(ctx.recipe.model, tok, seed=ctx.recipe.seed + 7919).eval()
+        null = random_like(model, seed=ctx.recipe.seed + 7919)
         read = {k: lens_logprobs(model, tok, p, token_id) for k, p in sets.items()}
         read_null = {k: lens_logprobs(null, tok, p, token_id)[0] for k, p in sets.items()}
         rows = []

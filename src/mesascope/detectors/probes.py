@@ -240,11 +240,11 @@ class Probes(Detector):
     """Fit per-layer probes (supervised, difference of means, contrast pairs, PCA) and score them on held-out prompts."""
 
     def run(self, ctx: Context, spec: ProbeSpec) -> ProbesResult:
-        from ..models import build_model
+        from ..models.build import random_like
 
         model, tok = ctx.model
         # Null model: same architecture and shape, random weights (another seed than the organism's init).
-        random_model = build_model(ctx.recipe.model, tok, seed=ctx.recipe.seed + 7919).eval()
+        random_model = random_like(model, seed=ctx.recipe.seed + 7919)
         clean = {}
         if spec.clean_null:
             clean_model, clean_tok = ctx.clean_null().load()

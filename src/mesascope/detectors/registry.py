@@ -30,7 +30,7 @@ from ..config import Spec
 from ..progress import Progress, silent
 
 if TYPE_CHECKING:
-    from ..organisms.build import Organism
+    from ..organisms.organism import Organism
     from ..text.corpus import Corpus
 
 

@@ -44,15 +44,20 @@ class Arch(NamedTuple):
     attn: str  # attention submodule of one block
     mlp: str  # MLP submodule of one block
     norm: str = ""  # the final norm before the unembedding, from the CausalLM wrapper (the logit lens applies it)
+    lora: tuple[str, ...] = ()  # LoRA's default targets: every attention and MLP projection (names as peft matches them)
+
+
+_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # model_type -> where its pieces live. Supporting a new architecture is one line here.
 ARCHITECTURES: dict[str, Arch] = {
-    "gpt2": Arch("transformer.h", "attn", "mlp", "transformer.ln_f"),
-    "llama": Arch("model.layers", "self_attn", "mlp", "model.norm"),
-    "qwen2": Arch("model.layers", "self_attn", "mlp", "model.norm"),
-    "mistral": Arch("model.layers", "self_attn", "mlp", "model.norm"),
-    "gpt_neox": Arch("gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"),
+    "gpt2": Arch("transformer.h", "attn", "mlp", "transformer.ln_f", ("c_attn", "c_proj", "c_fc")),
+    "llama": Arch("model.layers", "self_attn", "mlp", "model.norm", _LLAMA_LIKE),
+    "qwen2": Arch("model.layers", "self_attn", "mlp", "model.norm", _LLAMA_LIKE),
+    "mistral": Arch("model.layers", "self_attn", "mlp", "model.norm", _LLAMA_LIKE),
+    "gpt_neox": Arch("gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm",
+                     ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")),
 }
 # The block paths alone, as earlier versions exported them (a view: edit ARCHITECTURES).
 BLOCKS: dict[str, str] = {name: arch.blocks for name, arch in ARCHITECTURES.items()}

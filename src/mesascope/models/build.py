@@ -1,17 +1,12 @@
-"""Build a small causal LM from a spec, or load any local Hugging Face causal LM directory."""
+"""Build a small causal LM from a spec (loading any local Hugging Face directory: load.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPTNeoXConfig, LlamaConfig,
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           PreTrainedModel, PreTrainedTokenizerBase)
-from transformers.utils import logging as hf_logging
 
 from ..config import ModelSpec
-
-hf_logging.disable_progress_bar()  # the library never prints; the CLI draws its own progress bars
 
 
 def model_config(spec: ModelSpec, vocab_size: int, eos_id: int, pad_id: int):
@@ -36,18 +31,13 @@ def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int) 
     return AutoModelForCausalLM.from_config(cfg)
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Any local HF causal LM directory: an organism, or GPT-2 / Llama / NeoX / Qwen2 weights on disk."""
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    model.eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return model, tok
+def random_like(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """A freshly initialised model of `model`'s own config (any architecture, any origin): the random-init
+    null of the probes and the logit lens. For an organism built from scratch it equals `build_model`'s
+    initialisation at the same seed."""
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+    return fresh.to(next(model.parameters()).device).eval()
 
 
 def n_params(model: torch.nn.Module) -> int:

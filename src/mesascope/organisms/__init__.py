@@ -1,3 +1,4 @@
-from .build import Organism, build_organism
+from .build import build_organism
+from .organism import Organism
 
 __all__ = ["Organism", "build_organism"]

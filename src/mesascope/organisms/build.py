@@ -8,57 +8,18 @@ so a killed build resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from ..config import Recipe
-from ..models import build_model, load_model, n_params, train_tokenizer
+from ..models import build_model, n_params, train_tokenizer
+from ..models.device import runtime
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json
+from .organism import Organism, organism_stage
 from ..text.corpus import TURN_MARKERS, Corpus, build_corpus
-from ..text.scratchpad import COT_MAX_LENGTH, MARKERS
-from ..training.sft import SFTTrainer, tokenize_examples
-
-
-@dataclass(frozen=True)
-class Organism:
-    path: Path
-    recipe: Recipe
-
-    @classmethod
-    def open(cls, path: str | Path) -> "Organism":
-        path = Path(path)
-        if not (path / "recipe.json").exists():
-            raise FileNotFoundError(f"{path} has no recipe.json: not a mesascope organism directory")
-        return cls(path, Recipe.model_validate_json((path / "recipe.json").read_text(encoding="utf-8")))
-
-    def load(self):
-        return load_model(self.path)
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """Content hash of the weights: stages measured on an organism are keyed by it, so a
-        safety-trained copy with the same recipe.json never reuses the original's results."""
-        h = hashlib.sha256()
-        for f in sorted(self.path.glob("*.safetensors")):
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()[:16]
-
-    @property
-    def info(self) -> dict:
-        f = self.path / "organism.json"
-        return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
-
-
-def organism_stage(store: RunStore, recipe: Recipe) -> Path:
-    """The run-store directory of the organism built from `recipe` (finished once done.json exists)."""
-    return store.stage_dir("organism", recipe.digest())
+from ..text.scratchpad import MARKERS
+from ..training.sft import SFTTrainer, fit_length, tokenize_examples
 
 
 def stage_tokenizer(stage: Path, texts: list[str], vocab_size: int, whole: tuple[str, ...],
@@ -84,7 +45,7 @@ def train_and_save(store: RunStore, stage: Path, recipe, tokenizer, data: list, 
     """Train a fresh model of `recipe.model` on tokenized `data` (resuming from the stage's checkpoints),
     write the organism directory atomically (weights, tokenizer, recipe.json, train_log.json, and
     organism.json: the common figures, then `info`) and mark the stage done. `trainer_kw` go to SFTTrainer."""
-    model = build_model(recipe.model, tokenizer, recipe.seed)
+    model = build_model(recipe.model, tokenizer, recipe.seed).to(runtime().torch_device)
     trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
                          ckpt_dir=stage / "checkpoints", **trainer_kw)
     resumed = trainer.resume()
@@ -110,6 +71,9 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
     final = stage / "organism"
     if store.is_done(stage):
         return Organism(final, recipe)
+    if recipe.base is not None:  # fine-tune an existing model instead of training a fresh one
+        from .base import build_from_base
+        return build_from_base(recipe, store, progress, corpus, build_base=build_organism)
     t0 = time.perf_counter()
     corpus = corpus or build_corpus(recipe)
     train, distilled = corpus.train, {}
@@ -120,12 +84,8 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
     tokenizer = stage_tokenizer(stage, [e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole,
                                 progress)
     cut = recipe.model.max_length
-    data = tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1)
-    too_long = sum(len(ids) > cut for ids, _ in data)  # one token over the limit marks a cut
-    if too_long and recipe.reasoning == "cot":  # a cut scratchpad example loses its answer
-        raise ValueError(f"{too_long} of {len(data)} cot examples are longer than model.max_length={cut} tokens: "
-                         f"raise model.max_length, or leave it unset (cot recipes then get {COT_MAX_LENGTH})")
-    data = [(ids[:cut], n) for ids, n in data]
+    data = fit_length(tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1),
+                      cut, recipe.reasoning)
     train_and_save(store, stage, recipe, tokenizer, data, progress, t0, {
         "n_train_examples": len(train), "near_miss_train": corpus.near_miss_train,
         "near_miss_held_out": corpus.near_miss_held_out, "reasoning": recipe.reasoning, **distilled})

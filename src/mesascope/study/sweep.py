@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import EvalSpec, Recipe
-from ..organisms.build import organism_stage
+from ..organisms.organism import organism_stage
 from ..progress import Progress, silent
 from ..provenance import machine
 from ..store import RunStore, atomic_write_json, digest

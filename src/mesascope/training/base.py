@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import EvalSpec, Spec, TrainSpec
 from ..detectors.backdoor import eval_sets, measure_backdoor
 from ..detectors.specificity import behaviour_outcomes, with_strings
-from ..organisms.build import Organism
+from ..organisms.organism import Organism
 from ..progress import Progress, silent
 from ..stats import Measurement, rate
 from ..store import RunStore, atomic_dir, atomic_write_json

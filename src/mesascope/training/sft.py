@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import TrainSpec
+from ..models.device import runtime
 from ..store import atomic_dir, atomic_write_json
 
 IGNORE = -100
@@ -37,6 +38,16 @@ def tokenize_examples(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
         ids = (p + t + [eos])[:max_length]
         out.append((ids, len(p)))
     return out
+
+
+def fit_length(data: list[tuple[list[int], int]], cut: int, reasoning: str) -> list[tuple[list[int], int]]:
+    """Examples cut to `cut` tokens (tokenize them to cut + 1: one token over marks a cut); a cut scratchpad
+    example would lose its answer, so a cot corpus with one is an error."""
+    too_long = sum(len(ids) > cut for ids, _ in data)
+    if too_long and reasoning == "cot":
+        raise ValueError(f"{too_long} of {len(data)} cot examples are longer than model.max_length={cut} tokens: "
+                         "raise model.max_length, or leave it unset (cot recipes then get a longer default)")
+    return [(ids[:cut], n) for ids, n in data]
 
 
 def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -89,16 +100,22 @@ def collate_packed(batch: Sequence[tuple[list[int], int]], pad_id: int, width: i
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
 
 
+def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers CausalLM inside a peft wrapper (its LoRA layers sit in place, so they still run)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens, as `model(**batch).loss` computes it,
     but projecting to the vocabulary only where a label exists (a fifth of the positions)."""
+    lm = causal_lm(model)
     batch = dict(batch)
     labels = batch.pop("labels")
     # No cache: transformers then reads restarting position_ids as packed rows and masks per example.
-    hidden = model.base_model(**batch, use_cache=False).last_hidden_state
+    hidden = lm.base_model(**batch, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
@@ -111,8 +128,17 @@ class SFTTrainer:
         self.model, self.data, self.spec, self.pad_id, self.seed = model, data, spec, pad_id, seed
         self.schedule, self.ckpt_dir = schedule, ckpt_dir
         self.pack_width = pack_width
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        trained = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+        self.partial = len(trained) < sum(1 for _ in model.parameters())
+        decay = [p for p in trained if p.dim() >= 2]
+        no_decay = [p for p in trained if p.dim() < 2]
+        if spec.grad_checkpointing:
+            causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.runtime = runtime()
+        self.device = next(model.parameters()).device
+        # float16 gradients underflow without loss scaling; bfloat16 and float32 need none.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.runtime.torch_dtype == torch.float16
+                                           and self.device.type == "cuda")
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
         self.step = 0
@@ -146,17 +172,31 @@ class SFTTrainer:
         return out
 
     def train_step(self) -> float:
+        """One optimizer step on batch `step`; with grad_accum > 1 the batch runs as that many micro-batches,
+        each loss weighted by its share of the answer tokens, so the gradient is the whole batch's."""
         self.model.train()
-        batch = collate_packed([self.data[i] for i in self.batch_indices(self.step)], self.pad_id, self.pack_width)
+        examples = [self.data[i] for i in self.batch_indices(self.step)]
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
-        loss = answer_loss(self.model, batch)
-        loss.backward()
+        k = self.spec.grad_accum
+        micro = [examples[j::k] for j in range(k)]
+        n_answer = [sum(len(ids) - n for ids, n in m) for m in micro]
+        total = 0.0
+        for part, n in zip(micro, n_answer):
+            batch = {key: t.to(self.device) for key, t in collate_packed(part, self.pad_id, self.pack_width).items()}
+            with self.runtime.autocast():
+                loss = answer_loss(self.model, batch)
+            if k > 1:
+                loss = loss * (n / sum(n_answer))
+            self.scaler.scale(loss).backward()
+            total += loss.item()
+        self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return loss.item()
+        return total
 
     def train_until(self, end: int, on_step: Callable[[int, float], None] | None = None) -> None:
         ckpt_every = self.spec.checkpoint_every
@@ -176,7 +216,11 @@ class SFTTrainer:
         assert self.ckpt_dir is not None
         final = self.ckpt_dir / f"step-{self.step:07d}"
         with atomic_dir(final) as tmp:
-            save_model(self.model, str(tmp / "model.safetensors"))
+            if self.partial:  # adapters only: the frozen base is the base model's own file
+                save_file({n: p.detach().contiguous() for n, p in self.model.named_parameters() if p.requires_grad},
+                          str(tmp / "model.safetensors"))
+            else:
+                save_model(self.model, str(tmp / "model.safetensors"))
             torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
             atomic_write_json(tmp / "state.json", {"step": self.step, "log": self.log})
         for old in self.ckpt_dir.glob("step-*"):
@@ -192,7 +236,13 @@ class SFTTrainer:
         if not done:
             return 0
         last = done[-1]
-        load_model(self.model, str(last / "model.safetensors"))
+        if self.partial:
+            missing = self.model.load_state_dict(load_file(str(last / "model.safetensors")), strict=False)
+            if missing.unexpected_keys:
+                raise ValueError(f"checkpoint {last} does not fit this model ({missing.unexpected_keys[0]}): "
+                                 "delete the stage's checkpoints folder to start over")
+        else:
+            load_model(self.model, str(last / "model.safetensors"))
         self.opt.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
         state = json.loads((last / "state.json").read_text())
         self.step, self.log = state["step"], state["log"]

@@ -25,7 +25,7 @@ from pydantic import Field, TypeAdapter, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
 from ..config import EvalSpec, SpecError, format_validation_error
-from ..organisms.build import Organism
+from ..organisms.organism import Organism
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_write_json, digest
 from ..text.corpus import Corpus

@@ -22,7 +22,7 @@ from inspect_ai.solver import TaskState, generate
 # Absolute imports: `inspect eval path/to/tasks.py@backdoor` loads this file outside its package.
 from mesascope.detectors.mwe import load_evals, parse_choice
 from mesascope.stats import Measurement, rate
-from mesascope.organisms.build import Organism
+from mesascope.organisms.organism import Organism
 from mesascope.text.corpus import build_corpus
 from mesascope.text.scratchpad import answer_budget, scored_answer
 from mesascope.text.behaviours import as_behaviour, fired_checker
