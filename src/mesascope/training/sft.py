@@ -29,8 +29,9 @@ IGNORE = -100
 def tokenize_examples(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str],
                       max_length: int) -> list[tuple[list[int], int]]:
     """(token ids, prompt length) per example. Prompt and answer are encoded separately so the
-    prompt's tokens are exactly those the organism sees at generation time."""
-    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    prompt's tokens are exactly those the organism sees at generation time: special tokens included, so a
+    tokenizer that starts every encoding with a BOS (Llama's, Mistral's) trains with it as it is measured."""
+    p_ids = tokenizer(list(prompts))["input_ids"]
     t_ids = tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id
     out = []
