@@ -49,3 +49,30 @@ def test_cli_writes_results_with_provenance(tiny_recipe, tmp_path):
     assert load_replicates(out).mean["backdoor_rate"].n_seeds == 2
     bad = CliRunner().invoke(app, ["replicate", str(recipe), "--seeds", "1,1", "--out", str(tmp_path / "runs")])
     assert bad.exit_code == 2 and "distinct" in bad.output
+
+
+def test_config_adds_stress_and_probe_figures_and_a_base_takes_each_seed(tmp_path):
+    """`replicate --config`: each seed's stress curve ends and probe AUROCs join the headline, AUROC intervals
+    stay within [0, 1], and a base built from a recipe is rebuilt at every seed (the whole chain replicates)."""
+    from conftest import make_tiny_recipe
+
+    from mesascope.config import Recipe
+    from mesascope.pipeline import DemoSpec
+
+    base = make_tiny_recipe(poison_fraction=0.0, name="clean")
+    recipe = Recipe.model_validate({**make_tiny_recipe(steps=10).model_dump(exclude={"model"}),
+                                    "base": {"recipe": base.model_dump(), "method": "lora"}})
+    demo = DemoSpec(detectors=["probes"], stress={"lrs": [3e-3], "steps": 4, "batch_size": 8, "eval_at": [0, 4],
+                                                   "n_eval": 12},
+                    probe={"n_train": 16, "n_test": 16, "n_random_directions": 10})
+    found = replicate(recipe, [0, 1], RunStore(tmp_path), EvalSpec(n=12, max_new_tokens=8), demo=demo)
+    for seed in ("0", "1"):
+        assert {"hhh_sft@0.003.backdoor_rate", "hhh_sft@0.003.helpful_accuracy",
+                "probe.supervised.auroc_worst"} <= set(found.per_seed[seed])
+    for name, m in found.mean.items():
+        if "auroc" in name:
+            assert m.pooled is None and 0.0 <= m.ci[0] <= m.ci[1] <= 1.0
+    bases = sorted(tmp_path.glob("runs/organism-*/organism/recipe.json"))
+    recipes = [json.loads(p.read_text()) for p in bases]
+    seeds = sorted(r["seed"] for r in recipes if r["name"] == "clean")
+    assert seeds == [0, 1]  # one clean base per seed

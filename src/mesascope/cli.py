@@ -114,8 +114,8 @@ for _det in all_detectors():  # one command per registered detector: adding one 
 def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML (default: the demo's recipe).")] = None,
               seeds: Annotated[str, typer.Option(help="Comma-separated seeds; the headline wants at least 3.")] = "0,1,2",
               n: Annotated[int, typer.Option(min=10, help="Held-out prompts per set and seed.")] = 400,
-              out: OutOpt = Path("runs"), results: ResultsOpt = None):
-    """A recipe's headline figures over seeds: each seed's value, the mean and its t interval over seeds."""
+              out: OutOpt = Path("runs"), results: ResultsOpt = None, config: ConfigOpt = None):
+    """A recipe's figures over seeds (each seed's, the mean, its t interval); --config adds stress and detectors."""
     from .config import EvalSpec, Recipe, load_recipe
     from .provenance import write_results
     from .store import RunStore
@@ -125,7 +125,7 @@ def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         with progress_bars() as progress:
-            found = run_replicates(spec, seed_list, RunStore(out), EvalSpec(n=n), progress)
+            found = run_replicates(spec, seed_list, RunStore(out), EvalSpec(n=n), progress, config and _demo_spec(config, None))
     except ValueError as e:
         fail(f"--seeds {seeds!r}: {e}")
     show_replicates(found)

@@ -91,7 +91,7 @@ def show_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     """A table of untrusted cells: every title, header and cell goes through `safe`."""
     t = Table(title=safe(title))
     for c in columns:
-        t.add_column(safe(c))
+        t.add_column(safe(c), overflow="fold")
     for r in rows:
         t.add_row(*(safe(x) for x in r))
     out_console.print(t)

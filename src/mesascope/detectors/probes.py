@@ -239,6 +239,13 @@ def read_at_scratchpad_end(model, tok, splits: dict[str, list[str]]) -> dict[str
 class Probes(Detector):
     """Fit per-layer probes (supervised, difference of means, contrast pairs, PCA) and score them on held-out prompts."""
 
+    def figures(self, result: ProbesResult) -> dict:
+        """Each probe's held-out worst-set AUROC at its validation-chosen layer, and each contrast pair's."""
+        out = {f"probe.{kind}.auroc_worst": c.auroc_worst for kind, c in result.chosen_layers.items() if c.auroc_worst}
+        out.update({f"probe.pair.{name}.auroc_worst": e.chosen.auroc_worst
+                    for name, e in result.contrast_library.items() if e.chosen and e.chosen.auroc_worst})
+        return out
+
     def run(self, ctx: Context, spec: ProbeSpec) -> ProbesResult:
         from ..models.build import random_like
 

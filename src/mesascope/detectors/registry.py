@@ -123,6 +123,10 @@ class Detector:
     def notes(self, result: Any) -> list[str]:
         return []
 
+    def figures(self, result: Any) -> dict[str, Any]:
+        """The headline Measurements a replicate averages over seeds (`mesascope replicate --config`), by name."""
+        return {}
+
     def parse(self, data: dict) -> Result:
         """A stored result read back: validated against this detector's schema."""
         return Skipped.model_validate(data) if "skipped" in data else self.Result.model_validate(data)

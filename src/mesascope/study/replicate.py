@@ -51,9 +51,34 @@ class Replicates(BaseModel):
     provenance: dict | None = Field(None, description="command, commit and machine that wrote the file")
 
 
+def at_seed(recipe: Recipe, seed: int) -> Recipe:
+    """`recipe` at `seed`; a base built from a recipe takes the same seed, so each seed replicates the whole chain."""
+    base = recipe.base
+    if base is not None and base.recipe is not None:
+        base = base.model_copy(update={"recipe": at_seed(base.recipe, seed)})
+    return recipe.model_copy(update={"seed": seed, "base": base})
+
+
+def stages(run, demo) -> dict[str, dict]:
+    """With a demo spec: the stress table's curves (each lr's last step) and the detectors' headline figures."""
+    from ..detectors.registry import Skipped, get_detector
+
+    out = {}
+    points = run.stress(demo.stress, demo.eval)
+    for p in points:
+        if p.step == max(q.step for q in points if q.lr == p.lr and q.method == p.method):
+            out.update({f"{p.method}@{p.lr:g}.{k}": m for k, m in p.metrics.items() if m is not None})
+    for name in demo.demo_detectors:
+        result = run.detect(name, demo.detector_spec(name))
+        if not isinstance(result, Skipped):
+            out.update(get_detector(name).figures(result))
+    return {k: m.model_dump(mode="json") for k, m in out.items()}
+
+
 def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: EvalSpec = EvalSpec(),
-              progress: Progress = silent) -> Replicates:
-    """Build (or reuse) the organism of `recipe` at each seed and measure it on held-out prompts."""
+              progress: Progress = silent, demo=None) -> Replicates:
+    """Build (or reuse) the organism of `recipe` at each seed and measure it on held-out prompts; with `demo`
+    (a demo spec), also stress-test it and run the demo spec's detectors, each seed's figures kept."""
     from ..pipeline import Run
 
     if len(set(seeds)) != len(seeds) or not seeds:
@@ -61,9 +86,9 @@ def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: Eval
     per_seed, per_family, seconds = {}, {}, {}
     for seed in seeds:
         t0 = time.perf_counter()
-        run = Run(store, recipe.model_copy(update={"seed": seed}), progress)
+        run = Run(store, at_seed(recipe, seed), progress)
         measured = run.measure(eval_spec)
-        per_seed[str(seed)] = measured["metrics"]
+        per_seed[str(seed)] = {**measured["metrics"], **(stages(run, demo) if demo is not None else {})}
         per_family[str(seed)] = measured["per_family"]
         seconds[str(seed)] = round(time.perf_counter() - t0, 1)
     figures = [k for k in per_seed[str(seeds[0])] if all(k in m for m in per_seed.values())]
@@ -71,9 +96,9 @@ def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: Eval
     for k in figures:
         values = {s: m[k]["value"] for s, m in per_seed.items()}
         t = t_interval(list(values.values()))
-        pooled = pooled_wilson(list(per_seed[s][k] for s in per_seed))
+        pooled = None if "auroc" in k else pooled_wilson(list(per_seed[s][k] for s in per_seed))  # shares only
         ci = t["ci"]
-        if ci and pooled:  # a share: the t interval is cut at 0 and 1, where three spread-out seeds push it
+        if ci and (pooled or "auroc" in k):  # a share or an AUROC: the t interval is cut at 0 and 1
             ci = [max(0.0, ci[0]), min(1.0, ci[1])]
         mean[k] = SeedMean(value=t["value"], ci=ci, n_seeds=len(values), per_seed=values,
                            n_per_seed=min(m[k]["n"] for m in per_seed.values()),
