@@ -183,3 +183,21 @@ def test_bad_inputs_are_named(loaded):
             pass
     with pytest.raises(ValueError, match="pairs is empty"):
         activation_patching(model, tok, [], corpus.response)
+
+
+def test_normalised_interval_stays_finite_when_the_gap_reaches_zero():
+    """An organism without a real backdoor has a clean-to-triggered gap near 0: resamples with a zero gap made
+    the normalised interval NaN, results.json then failed its own schema and the next command dropped it."""
+    import json
+
+    import numpy as np
+
+    from mesascope.detectors.patching import UNBOUNDED, _mean_ci
+    from mesascope.stats import Measurement
+
+    for delta, gap in [([0.1, -0.1, 0.0, 0.05], [0.01, -0.01, 0.0, 0.0]), ([0.0, 0.0], [0.0, 0.0])]:
+        m = _mean_ci(np.array(delta), np.array(gap), 200, 0)
+        assert all(np.isfinite([m.value, *m.ci])) and m.ci[1] == UNBOUNDED
+        assert Measurement.model_validate(json.loads(json.dumps(m.model_dump(mode="json")))) == m
+    ok = _mean_ci(np.array([0.1, 0.2, 0.15]), np.array([1.0, 1.1, 0.9]), 200, 0)
+    assert abs(ok.value - 0.15) < 1e-12 and ok.ci[0] < ok.value < ok.ci[1] < 1

@@ -150,14 +150,22 @@ def patched_logprobs(model, tokenizer, targets: Sequence[str], sources: Sequence
     return out
 
 
+UNBOUNDED = 1e6  # a share of the clean-to-triggered gap past this means the gap itself is ~0
+
+
 def _mean_ci(delta: np.ndarray, gap: np.ndarray | None, n_bootstrap: int, seed: int) -> Measurement:
     """Mean of delta over pairs (divided by the mean gap when given), with a percentile bootstrap 95% interval."""
     n = len(delta)
     idx = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
-    stat = delta[idx].mean(-1) if gap is None else delta[idx].mean(-1) / gap[idx].mean(-1)
-    value = delta.mean() if gap is None else delta.mean() / gap.mean()
-    lo, hi = np.percentile(stat, [2.5, 97.5])
-    return Measurement(float(value), (float(lo), float(hi)), n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = delta[idx].mean(-1) if gap is None else delta[idx].mean(-1) / gap[idx].mean(-1)
+        value = delta.mean() if gap is None else delta.mean() / gap.mean()
+    # A resample whose gap is 0 makes the share undefined (0/0 is dropped; x/0 is unbounded): when the gap's
+    # own interval reaches 0 the normalised interval has no finite bound, written as +-UNBOUNDED so the
+    # results file stays valid JSON (a NaN there made it fail its schema, and the next command drop it).
+    stat = np.clip(stat, -UNBOUNDED, UNBOUNDED)
+    lo, hi = np.nanpercentile(stat, [2.5, 97.5]) if np.isfinite(stat).any() else (-UNBOUNDED, UNBOUNDED)
+    return Measurement(float(np.clip(np.nan_to_num(value, nan=0.0), -UNBOUNDED, UNBOUNDED)), (float(lo), float(hi)), n)
 
 
 def activation_patching(model, tokenizer, pairs: Sequence[PatchPair], response: str, *, k: int = 3,
