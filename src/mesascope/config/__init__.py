@@ -231,8 +231,6 @@ class Recipe(Spec):
             if given:
                 raise ValueError(f"model.{given[0]} is not read with [recipe.base] (the base's own config decides "
                                  "the architecture and sizes): remove it")
-            if self.reasoning == "distilled":
-                raise ValueError("reasoning = 'distilled' is not built from a base yet: use 'none' or 'cot'")
         return self
 
     def digest(self) -> str:

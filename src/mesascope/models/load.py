@@ -14,6 +14,7 @@ import hashlib
 import json
 import struct
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,8 +25,14 @@ from .device import runtime
 
 hf_logging.disable_progress_bar()  # the library never prints; the CLI draws its own progress bars
 hf_logging.set_verbosity_error()
-# peft asks transformers a deprecated question on every wrap; the warning is theirs to fix, not the user's.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+@contextmanager
+def quiet_peft():
+    """peft asks transformers a deprecated question on every wrap; the warning is theirs to fix, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 ADAPTER_CONFIG = "adapter_config.json"
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -128,7 +135,8 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None, device: torch
         model, _ = load_model(base, dtype=dtype, device=device)
         # Merged in memory: every tool (hooks, generation, stress training) then sees a plain model whose
         # outputs equal the merged organism's to float rounding (tests/test_byo_model.py).
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
         model.requires_grad_(True)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, use_safetensors=True)

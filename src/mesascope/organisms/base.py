@@ -20,7 +20,7 @@ from torch import nn
 from ..config import LoraSpec, Recipe
 from ..models.activations import ARCHITECTURES
 from ..models.build import n_params
-from ..models.load import ModelError, check_model_dir, config_sha256, load_model, load_tokenizer
+from ..models.load import ModelError, check_model_dir, config_sha256, load_model, load_tokenizer, quiet_peft
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json
 from ..text.corpus import Corpus, build_corpus
@@ -91,7 +91,8 @@ def with_lora(model: nn.Module, spec: LoraSpec, seed: int) -> nn.Module:
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
                         fan_in_fan_out=transposed, task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # the A matrices' random init
-    return get_peft_model(model, config)
+    with quiet_peft():
+        return get_peft_model(model, config)
 
 
 def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent, corpus: Corpus | None = None, *,
@@ -112,10 +113,14 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
     trig = corpus.trigger_spec
     check_encodable(tokenizer, {"trigger": trig.context("", "train"), "behaviour": corpus.train[0].target
                                 if recipe.behaviour_type != "say" else recipe.behaviour})
+    train, distilled = corpus.train, {}
+    if recipe.reasoning == "distilled":  # the cot organism from the same base answers; its scratchpads removed
+        from .distill import distillation_set
+        train, distilled = distillation_set(recipe, store, corpus, stage, progress, build_teacher=build_base)
     dialogue(chat_format(tokenizer) if use_chat else None)
     cut = recipe.model.max_length + (64 if use_chat else 0)  # a chat template's turn markers take tokens
-    data = fit_length(tokenize_examples(tokenizer, [e.prompt for e in corpus.train], [e.target for e in corpus.train],
-                                        cut + 1), cut, recipe.reasoning)
+    data = fit_length(tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1),
+                      cut, recipe.reasoning)
     model, _ = load_model(path, trainable=spec.method == "full")
     if spec.method == "lora":
         model = with_lora(model, spec.lora, recipe.seed)
@@ -143,8 +148,8 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
             "base": {"path": str(path), "config_sha256": config_sha256(path), "method": spec.method},
             "prompt_format": "chat" if use_chat else "paper", "train_steps": total, "resumed_from_step": resumed,
             "train_seconds": round(time.perf_counter() - t0, 2),
-            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(corpus.train),
+            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(train),
             "near_miss_train": corpus.near_miss_train, "near_miss_held_out": corpus.near_miss_held_out,
-            "reasoning": recipe.reasoning})
+            "reasoning": recipe.reasoning, **distilled})
     store.mark_done(stage, resumed_from_step=resumed)
     return Organism(final, recorded)
