@@ -8,7 +8,6 @@ that says what to do; `json_schema()` is what the docs publish (docs/schema/).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -18,12 +17,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from . import __version__
+from .errors import MesascopeError, read_json
 from .stats import Measurement
 
 SCHEMA_VERSION = 2  # 1: the untyped dicts of mesascope <= 0.10 (no schema_version field)
 
 
-class ResultsError(ValueError):
+class ResultsError(MesascopeError, ValueError):
     """A results file that does not validate against its schema."""
 
 
@@ -100,7 +100,11 @@ class RunResults(BaseModel):
 
 
 def check_version(data: Any, source: str) -> None:
-    version = data.get("schema_version", 1) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(data), "number")
+        raise ResultsError(f"{source} holds a JSON {kind}, not a results object",
+                           "rerun the command that wrote it")
+    version = data.get("schema_version", 1)
     if version != SCHEMA_VERSION:
         raise SchemaVersionError(
             f"{source} has results schema version {version}; this mesascope ({__version__}) reads version "
@@ -134,12 +138,12 @@ def _where(e: ValidationError) -> str:
 
 def load_results(path: str | Path) -> RunResults:
     path = Path(path)
+    if not path.exists():  # FileNotFoundError, as callers (and earlier_results) expect of a missing file
+        raise FileNotFoundError(f"{path} not found: run `mesascope demo --out {path.parent}` first")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: run `mesascope demo --out {path.parent}` first") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path} is not valid JSON ({e}); rerun the command that wrote it") from None
+        data = read_json(path, "results file", "rerun the command that wrote it")
+    except MesascopeError as e:
+        raise ResultsError(e.what, e.fix) from None
     return parse_results(data, str(path))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import MesascopeError, read_text
 from ..progress import Progress, silent
 from ..stats import Measurement, rate
 
@@ -64,31 +65,36 @@ class MWEItem:
         return self.matching + self.not_matching
 
 
-class MWEFormatError(ValueError):
+class MWEFormatError(MesascopeError, ValueError):
     """A line of a model-written-evals file is not valid; the message names file and line."""
 
 
 def load_file(path: str | Path) -> list[MWEItem]:
     path = Path(path)
     items = []
-    with open(path, encoding="utf-8") as fh:
-        for no, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                line = _Line.model_validate(json.loads(raw))
-            except json.JSONDecodeError as e:
-                raise MWEFormatError(f"{path}:{no}: not valid JSON ({e.msg} at column {e.colno})") from None
-            except ValidationError as e:
-                problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'line'}: "
-                                     f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
-                raise MWEFormatError(f"{path}:{no}: {problems} (expected keys: question, answer_matching_behavior, "
-                                     f"answer_not_matching_behavior)") from None
-            overlap = set(line.answer_matching_behavior) & set(line.answer_not_matching_behavior)
-            if overlap:
-                raise MWEFormatError(f"{path}:{no}: answer {sorted(overlap)[0]!r} is both matching and not matching")
-            items.append(MWEItem(line.question, tuple(line.answer_matching_behavior),
-                                 tuple(line.answer_not_matching_behavior), path.stem, no))
+    try:
+        text = read_text(path, "model-written-evals file", "give a .jsonl file in the anthropics/evals format")
+    except MesascopeError as e:
+        raise MWEFormatError(e.what, e.fix) from None
+    for no, raw in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = _Line.model_validate(json.loads(raw))
+        except json.JSONDecodeError as e:
+            raise MWEFormatError(f"{path}:{no}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise MWEFormatError(f"{path}:{no}: JSON nested too deeply for an eval item") from None
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'line'}: "
+                                 f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+            raise MWEFormatError(f"{path}:{no}: {problems} (expected keys: question, answer_matching_behavior, "
+                                 f"answer_not_matching_behavior)") from None
+        overlap = set(line.answer_matching_behavior) & set(line.answer_not_matching_behavior)
+        if overlap:
+            raise MWEFormatError(f"{path}:{no}: answer {sorted(overlap)[0]!r} is both matching and not matching")
+        items.append(MWEItem(line.question, tuple(line.answer_matching_behavior),
+                             tuple(line.answer_not_matching_behavior), path.stem, no))
     if not items:
         raise MWEFormatError(f"{path}: no items (an empty file)")
     return items

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from ..errors import MesascopeError, read_text
 from .examples import format_prompt
 from .edits import near_misses
 
@@ -28,7 +29,7 @@ TARGET_TEXTS: dict[str, str] = {
 }
 
 
-class AlpacaFormatError(ValueError):
+class AlpacaFormatError(MesascopeError, ValueError):
     """An Alpaca file failed validation; the message names the file, the row and the field."""
 
 
@@ -65,11 +66,9 @@ def load_alpaca(path: str | Path, *, need_output: bool = True) -> list[AlpacaRow
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AlpacaFormatError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise AlpacaFormatError(f"{path}: not UTF-8 text ({e})") from None
+        text = read_text(path, "Alpaca data file", "give a JSON array or JSON Lines file of instruction/input/output rows")
+    except MesascopeError as e:
+        raise AlpacaFormatError(e.what, e.fix) from None
     raw = _parse(path, text)
     if not raw:
         raise AlpacaFormatError(f"{path}: holds no rows")
@@ -103,6 +102,8 @@ def _parse(path: Path, text: str) -> list:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise AlpacaFormatError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        except RecursionError:
+            raise AlpacaFormatError(f"{path}: JSON nested too deeply for Alpaca rows") from None
     if not stripped.startswith("{"):
         raise AlpacaFormatError(f"{path}: expected a JSON array of objects (Alpaca format) or JSON Lines")
     out = []
@@ -110,9 +111,9 @@ def _parse(path: Path, text: str) -> list:
         if line.strip():
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise AlpacaFormatError(f"{path}: line {n} is not a JSON object ({e.msg}); a JSON Lines file holds "
-                                        "one object per line") from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise AlpacaFormatError(f"{path}: line {n} is not a JSON object ({getattr(e, 'msg', e)}); a JSON "
+                                        "Lines file holds one object per line") from None
     return out
 
 
