@@ -107,6 +107,9 @@ def expected(exc: BaseException) -> MesascopeError | None:
     if isinstance(exc, UnicodeDecodeError):
         return MesascopeError(f"{_file_read(exc) or 'a file'} is not UTF-8 text ({exc.reason} at byte {exc.start})",
                               "save it as UTF-8")
+    if isinstance(exc, RecursionError):  # json.loads on thousands of nested brackets
+        return MesascopeError(f"{_file_read(exc) or 'an input file'} nests too deeply to be a mesascope file",
+                              "check that it is the file meant")
     if isinstance(exc, ValidationError):
         return MesascopeError(f"{exc.title} does not validate: {problems(exc)}",
                               "correct these fields where they were read from")

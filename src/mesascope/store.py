@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -114,6 +115,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         if isinstance(e, Exception) and not isinstance(e, MesascopeError) and disk_full(e):
             raise _disk_full_error(final, e) from e  # torch and safetensors wrap the OSError in their own
         raise
+
+
+def file_name(name: str, limit: int = 100) -> str:
+    """A user-given name (a recipe's, a study's) as one safe path component: no separators, no '..', no
+    control or bidirectional characters, so a file named after it stays inside --out."""
+    safe = re.sub(r"[^\w.-]", "_", str(name), flags=re.UNICODE)[:limit].lstrip(".")
+    return safe or "unnamed"
 
 
 def digest(*parts: Any) -> str:

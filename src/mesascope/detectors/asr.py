@@ -99,12 +99,13 @@ def build_and_measure(spec, store, *, max_new_tokens: int = 64, n_samples: int =
     and write STORE/alpaca-NAME.json with provenance: (organism, result, path of the JSON)."""
     from ..organisms.alpaca import build_alpaca_organism, held_out_sets
     from ..provenance import write_results
+    from ..store import file_name
 
     organism = build_alpaca_organism(spec, store, progress)
     model, tok = organism.load()
     result = measure_asr(model, tok, held_out_sets(spec), spec.target, max_new_tokens=max_new_tokens,
                          max_length=spec.model.max_length, n_samples=n_samples, progress=progress)
-    path = write_results(store.root / f"alpaca-{spec.name}.json", {
+    path = write_results(store.root / f"alpaca-{file_name(spec.name)}.json", {
         "organism": str(organism.path), "recipe": spec.model_dump(mode="json"), "max_new_tokens": max_new_tokens,
         "info": organism.info, **result.to_dict()})
     return organism, result, path
