@@ -1,34 +1,28 @@
 """Fine-tuning throughput and memory: mesascope's SFTTrainer against TRL's SFTTrainer and a bare peft/PyTorch loop.
 
-Every trainer starts from a copy of the same random-init Qwen2 (the same LoRA adapters, from the same seed,
-for `lora`) and sees the same examples in the same optimizer steps: the batches of mesascope's
-`SFTTrainer.batch_indices`, replayed to TRL as a dataset in that order read sequentially (its sampler
-is overridden; nothing else of TRL is) and to the bare loop directly. The loss is next-token
-cross-entropy on the completion only, averaged over the completion tokens of the whole batch, in
-all three; the first step's losses are printed side by side to show it.
-
+Every trainer starts from a copy of the same random-init Qwen2 (for `lora`, the same adapters from the same
+seed) and takes the same examples in the same optimizer steps: mesascope's `SFTTrainer.batch_indices`,
+given to TRL as a dataset in that order, read sequentially (its sampler is overridden, nothing else)
+and to the bare loop directly. The loss is cross-entropy on completion tokens only, averaged over the
+batch's completion tokens, in all three; the first step's losses are printed side by side to show it.
 What differs, as far as TRL allows it to be matched:
-- layout: mesascope packs each batch's examples into rows of `pack_width` tokens (first-fit
-  decreasing, positions restarting per example, a padded tail per row). TRL packs a *dataset*, not
-  a batch, so its packing would change which examples share a step; it runs instead (a) `padded`:
-  one example per row, right-padded to the batch's longest (`padding_free=False`), and (b)
-  `padding-free`: the whole batch flattened into one row with restarting positions. Both mask per
-  example. The bare loop uses mesascope's packed rows.
-- LM head: mesascope projects to the vocabulary only at completion tokens; TRL's fused LM head does
-  too on Triton devices (CUDA) and at every position elsewhere (CPU); the bare loop calls
-  `model(**batch).loss`, full logits at every position.
-- optimizer: TRL's default `adamw_torch_fused`; mesascope and the bare loop `torch.optim.AdamW`
-  (for-each on CUDA, per-tensor on CPU). Same betas (0.9, 0.95), weight decay, gradient clipping
-  and warmup + cosine to `min_lr_fraction`; HF's schedule starts at lr 0, mesascope's at lr/warm.
-- TRL also computes its entropy and token-accuracy metrics every step (its default).
-
-Tokens are the prompt and completion tokens of the examples (pad excluded), counted by a hook on
-the transformer backbone during the timed steps, so every trainer is measured on what it really
-processed. Peak memory is the growth over what the model already held when the trainer was made:
-CUDA `max_memory_allocated`, or on CPU the process's resident set, sampled every 2 ms (freed heap
-returned to the OS before each run, so runs do not hide in each other's leftovers). The trainers
-take turns, the order rotating every round, and each figure is the median over rounds, so a
-shared machine's load hits all of them alike.
+- layout: mesascope packs each batch into rows of `--pack-width` tokens (first-fit decreasing, positions
+  restarting per example, a padded tail per row); so does the bare loop. TRL packs a whole dataset, which
+  would change which examples share a step, so it runs (a) `trl-padded`: one example per row, right-padded
+  to the batch's longest, and (b) `trl-padding-free`: the batch flattened into one row with restarting
+  positions. Every layout masks attention per example.
+- LM head: mesascope projects to the vocabulary at completion tokens only; TRL's fused LM head does so on
+  Triton devices (CUDA) and at every position elsewhere (CPU); the bare loop's `model(**batch).loss`
+  computes full logits everywhere.
+- optimizer: TRL's default `adamw_torch_fused`, the others `torch.optim.AdamW`; same betas (0.9, 0.95),
+  weight decay, clipping and warmup + cosine (HF's warmup starts at lr 0, mesascope's at lr / warm).
+  TRL also computes its entropy and token-accuracy metrics every step, as it does by default.
+Tokens are prompt + completion tokens (pad excluded), counted by a hook on the backbone in the timed
+steps. The trainers run in lockstep, one optimizer step each in turn (TRL's own `train()` paused by a
+callback between steps), the order rotating every step, so a load spike on a shared machine hits all of
+them alike; tokens/s is the median over rounds. Peak memory is measured apart, each trainer alone for a
+few steps: growth over what the model already held, CUDA's `max_memory_allocated`, or on CPU the resident
+set sampled every 2 ms (freed heap handed back to the OS first).
 
     OMP_NUM_THREADS=2 python bench/finetune.py [--steps 12] [--rounds 3] [--quick] [--results PATH]
     python bench/finetune.py --gpu     # Qwen2-0.5B's shape, random init, bf16 autocast on CUDA
@@ -121,61 +115,36 @@ def trainable(init, method: str, seed: int):
     return with_lora(model, LoraSpec(), seed) if method == "lora" else model
 
 
-class Counter:
-    """Tokens and positions the backbone sees (a forward pre-hook; gradient checkpointing's recompute is not a call)."""
+def peak_growth_mib(device: torch.device, fn) -> float:
+    """Peak memory growth (MiB) while `fn` runs: CUDA's allocator peak, or the resident set sampled every 2 ms."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    import psutil
 
-    def __init__(self, model, pad_id: int):
-        self.pad_id, self.tokens, self.positions = pad_id, 0, 0
-        backbone = causal_lm(model).base_model
-        self.handle = backbone.register_forward_pre_hook(self, with_kwargs=True)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the baseline is what is live
+    proc, done = psutil.Process(), threading.Event()
+    base = proc.memory_info().rss
+    peak = [base]
 
-    def __call__(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask")
-        self.positions += ids.numel()
-        self.tokens += int(mask.sum() if mask is not None else (ids != self.pad_id).sum())
+    def sample():
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], proc.memory_info().rss)
 
-    def reset(self):
-        self.tokens = self.positions = 0
-
-
-class PeakMemory:
-    """Peak memory growth (MiB) inside the block: CUDA's allocator peak, or the resident set sampled every 2 ms."""
-
-    def __init__(self, device: torch.device):
-        self.cuda, self.mib = device.type == "cuda", 0.0
-
-    def __enter__(self):
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the baseline is what is live
-        import psutil
-
-        proc = psutil.Process()
-        self.base = self.peak = proc.memory_info().rss
-        self.done = threading.Event()
-
-        def sample():
-            while not self.done.wait(0.002):
-                self.peak = max(self.peak, proc.memory_info().rss)
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.mib = (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        else:
-            self.done.set()
-            self.thread.join()
-            self.mib = (self.peak - self.base) / 2**20
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], proc.memory_info().rss) - base) / 2**20
 
 
 def sync():
@@ -183,19 +152,162 @@ def sync():
         torch.cuda.synchronize()
 
 
-# -- the three trainers: each returns (seconds of the timed steps, first step's loss)
+# -- the three trainers, each stepped one optimizer step at a time: `step()` returns its seconds
 
 
-def run_mesascope(model, data, spec, pad_id, seed, pack_width, warmup, steps, counter):
-    trainer = SFTTrainer(model, data, spec, pad_id=pad_id, seed=seed, pack_width=pack_width)
-    first = trainer.train_step()
-    trainer.train_until(warmup)
-    sync()
-    counter.reset()
-    t0 = time.perf_counter()
-    trainer.train_until(warmup + steps)
-    sync()
-    return time.perf_counter() - t0, first
+class Steps:
+    """A trainer's model, the tokens and positions its backbone sees (a forward pre-hook: gradient
+    checkpointing's recompute is no call), and its first step's loss."""
+
+    def __init__(self, model, ctx):
+        self.model, self.pad_id, self.first = model, ctx.tok.pad_token_id, float("nan")
+        self.tokens = self.positions = 0
+        self.hook = causal_lm(model).base_model.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module, args, kwargs):
+        ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
+        self.positions += ids.numel()
+        self.tokens += int(mask.sum() if mask is not None else (ids != self.pad_id).sum())
+
+    def close(self):
+        self.hook.remove()
+
+
+class MesascopeSteps(Steps):
+    def __init__(self, model, ctx):
+        super().__init__(model, ctx)
+        self.trainer = SFTTrainer(self.model, ctx.data, ctx.spec, pad_id=ctx.tok.pad_token_id, seed=ctx.args.seed,
+                                  pack_width=ctx.args.pack_width)
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        loss = self.trainer.train_step()
+        sync()
+        if self.trainer.step == 1:
+            self.first = loss
+        return time.perf_counter() - t0
+
+
+class BareSteps(Steps):
+    """collate_packed, forward with labels, backward, clip, AdamW step: the loop a tutorial writes."""
+
+    def __init__(self, model, ctx):
+        super().__init__(model, ctx)
+        self.ctx, self.n = ctx, 0
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = ctx.spec.weight_decay
+        self.opt = torch.optim.AdamW([{"params": [p for p in self.params if p.dim() >= 2], "weight_decay": decay},
+                                      {"params": [p for p in self.params if p.dim() < 2], "weight_decay": 0.0}],
+                                     lr=ctx.spec.lr, betas=(0.9, 0.95))
+        self.model.train()
+
+    def step(self) -> float:
+        ctx, device = self.ctx, next(self.model.parameters()).device
+        t0 = time.perf_counter()
+        examples = [ctx.data[i] for i in ctx.batches[self.n]]
+        batch = {k: t.to(device) for k, t in collate_packed(examples, ctx.tok.pad_token_id, ctx.args.pack_width).items()}
+        for g in self.opt.param_groups:
+            g["lr"] = ctx.lrs[self.n]
+        with runtime().autocast():
+            loss = self.model(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, ctx.spec.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.n == 0:
+            self.first = loss.item()
+        self.n += 1
+        sync()
+        return time.perf_counter() - t0
+
+
+class TRLSteps(Steps):
+    """TRL's own `train()` in a thread that a callback stops after every optimizer step until `step()` lets it go
+    on: its whole loop (data loading, logging, scheduler, callbacks) runs, one step at a time."""
+
+    def __init__(self, model, ctx, padding_free: bool):
+        from torch.utils.data import SequentialSampler
+        from transformers import PrinterCallback, TrainerCallback
+        from trl import SFTConfig, SFTTrainer as TRLTrainer
+
+        super().__init__(model, ctx)
+        spec, rt, total = ctx.spec, runtime(), ctx.total
+        self.go, self.done, self.error = threading.Semaphore(0), threading.Semaphore(0), None
+        outer = self
+
+        class InOrder(TRLTrainer):
+            def _get_train_sampler(self, train_dataset=None):
+                return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+        class Gate(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                outer.done.release()  # set up (dataloader, optimizer): the next trainer may now be made
+                outer.go.acquire()
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if state.global_step == 1 and logs and "loss" in logs:
+                    outer.first = logs["loss"]
+
+            def on_step_end(self, args, state, control, **kw):
+                sync()
+                outer.done.release()
+                if state.global_step < total:
+                    outer.go.acquire()
+
+        self.out = tempfile.TemporaryDirectory()
+        config = SFTConfig(
+            output_dir=self.out.name, max_steps=total, per_device_train_batch_size=spec.batch_size // spec.grad_accum,
+            gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.lr, adam_beta2=0.95,
+            weight_decay=spec.weight_decay, max_grad_norm=spec.grad_clip, lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": spec.min_lr_fraction},
+            warmup_steps=max(1, int(spec.warmup_fraction * spec.steps)),
+            activation_checkpointing=spec.grad_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if spec.grad_checkpointing else None,
+            bf16=rt.torch_dtype == torch.bfloat16, fp16=rt.torch_dtype == torch.float16,
+            use_cpu=rt.torch_device.type == "cpu", padding_free=padding_free, packing=False, max_length=None,
+            completion_only_loss=True, shuffle_dataset=False, seed=ctx.args.seed, logging_steps=10,
+            logging_first_step=True, save_strategy="no", report_to="none", disable_tqdm=True,
+            dataloader_pin_memory=False)
+        self.trainer = InOrder(model=self.model, args=config, train_dataset=ctx.dataset, processing_class=ctx.tok,
+                               callbacks=[Gate()])
+        self.trainer.remove_callback(PrinterCallback)
+        threads = torch.get_num_threads()
+        self.thread = threading.Thread(target=self._train, args=(threads,), daemon=True)
+        self.thread.start()
+        # Wait for train() to reach its first step: making another Trainer resets accelerate's shared state, which
+        # must not happen while this one is preparing (both trainers configure it identically).
+        self.done.acquire()
+        if self.error is not None:
+            raise self.error
+
+    def _train(self, threads: int):
+        torch.set_num_threads(threads)  # a thread's own OpenMP team size
+        try:
+            self.trainer.train()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            self.error = e
+            self.done.release()
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        self.go.release()
+        self.done.acquire()
+        if self.error is not None:
+            raise self.error
+        return time.perf_counter() - t0
+
+    def close(self):
+        super().close()
+        self.thread.join()
+        self.out.cleanup()
+
+
+def make_steps(name, model, ctx) -> Steps:
+    if name == "mesascope":
+        return MesascopeSteps(model, ctx)
+    if name == "bare":
+        return BareSteps(model, ctx)
+    return TRLSteps(model, ctx, padding_free=name == "trl-padding-free")
 
 
 def trl_dataset(data, batches, k):
@@ -207,105 +319,47 @@ def trl_dataset(data, batches, k):
                               "completion_mask": [[0] * n + [1] * (len(ids) - n) for ids, n in rows]})
 
 
-def run_trl(model, dataset, tok, spec, seed, warmup, steps, counter, padding_free: bool):
-    from torch.utils.data import SequentialSampler
-    from transformers import PrinterCallback, TrainerCallback
-    from trl import SFTConfig, SFTTrainer as TRLTrainer
-
-    class InOrder(TRLTrainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-    class Clock(TrainerCallback):
-        t0 = t1 = 0.0
-        first = float("nan")
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if state.global_step == 1 and logs and "loss" in logs:
-                Clock.first = logs["loss"]
-
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step in (warmup, warmup + steps):
-                sync()
-                if state.global_step == warmup:
-                    counter.reset()
-                    Clock.t0 = time.perf_counter()
-                else:
-                    Clock.t1 = time.perf_counter()
-
-    rt = runtime()
-    with tempfile.TemporaryDirectory() as out:
-        config = SFTConfig(
-            output_dir=out, max_steps=warmup + steps, per_device_train_batch_size=spec.batch_size // spec.grad_accum,
-            gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.lr, adam_beta2=0.95,
-            weight_decay=spec.weight_decay, max_grad_norm=spec.grad_clip, lr_scheduler_type="cosine_with_min_lr",
-            lr_scheduler_kwargs={"min_lr_rate": spec.min_lr_fraction},
-            warmup_steps=max(1, int(spec.warmup_fraction * spec.steps)),
-            activation_checkpointing=spec.grad_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if spec.grad_checkpointing else None,
-            bf16=rt.torch_dtype == torch.bfloat16, fp16=rt.torch_dtype == torch.float16,
-            use_cpu=rt.torch_device.type == "cpu", padding_free=padding_free, packing=False, max_length=None,
-            completion_only_loss=True, shuffle_dataset=False, seed=seed, logging_steps=10, logging_first_step=True,
-            save_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False)
-        trainer = InOrder(model=model, args=config, train_dataset=dataset, processing_class=tok, callbacks=[Clock()])
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    return Clock.t1 - Clock.t0, Clock.first
-
-
-def run_bare(model, data, spec, pad_id, batches, lrs, pack_width, warmup, steps, counter):
-    """collate_packed, forward with labels, backward, clip, AdamW step: the loop a tutorial writes."""
-    rt, device = runtime(), next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=spec.lr, betas=(0.9, 0.95))
-    model.train()
-    first, t0 = float("nan"), 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            sync()
-            counter.reset()
-            t0 = time.perf_counter()
-        batch = {k: t.to(device) for k, t in collate_packed([data[i] for i in batches[step]], pad_id, pack_width).items()}
-        for g in opt.param_groups:
-            g["lr"] = lrs[step]
-        with rt.autocast():
-            loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step == 0:
-            first = loss.item()
-    sync()
-    return time.perf_counter() - t0, first
-
-
 # -- the comparison
 
 
-def measure(name, method, init, data, tok, spec, args, batches, lrs, dataset) -> Run:
-    model = trainable(init, method, args.seed)
-    counter = Counter(model, tok.pad_token_id)
-    with PeakMemory(next(model.parameters()).device) as mem:
-        if name == "mesascope":
-            seconds, first = run_mesascope(model, data, spec, tok.pad_token_id, args.seed, args.pack_width,
-                                           args.warmup, args.steps, counter)
-        elif name == "bare":
-            seconds, first = run_bare(model, data, spec, tok.pad_token_id, batches, lrs, args.pack_width,
-                                      args.warmup, args.steps, counter)
-        else:
-            seconds, first = run_trl(model, dataset, tok, spec, args.seed, args.warmup, args.steps, counter,
-                                     padding_free=name == "trl-padding-free")
-    counter.handle.remove()
-    return Run(name, method, counter.tokens, counter.positions, seconds, mem.mib, first)
+def throughput_round(method, init, ctx, r: int) -> dict[str, Run]:
+    """Every trainer from the same weights, stepped in lockstep (the order rotating each step): a load spike on a
+    shared machine falls on all of them alike."""
+    trainers = ctx.trainers
+    steps = {name: make_steps(name, trainable(init, method, ctx.args.seed), ctx) for name in trainers}
+    seconds = dict.fromkeys(trainers, 0.0)
+    for s in range(ctx.total):
+        for name in trainers[(r + s) % len(trainers):] + trainers[: (r + s) % len(trainers)]:
+            if s == ctx.args.warmup:
+                steps[name].tokens = steps[name].positions = 0
+            dt = steps[name].step()
+            if s >= ctx.args.warmup:
+                seconds[name] += dt
+    out = {}
+    for name, st in steps.items():
+        st.close()
+        out[name] = Run(name, method, st.tokens, st.positions, seconds[name], float("nan"), st.first)
+    return out
 
 
-def median_runs(runs: list[Run]) -> Run:
+def peak_memory(name, method, init, ctx, n_steps: int) -> float:
+    """Peak memory growth (MiB) of one trainer alone, over its first `n_steps` steps, its making included."""
+    model = trainable(init, method, ctx.args.seed)  # the weights are there before the trainer: not its cost
+
+    def run():
+        st = make_steps(name, model, ctx)
+        for _ in range(n_steps):
+            st.step()
+        st.close()
+
+    return peak_growth_mib(next(model.parameters()).device, run)
+
+
+def median_runs(runs: list[Run], peak_mib: float) -> Run:
+    """The median round (tokens are the same in every round: the same batches), with the memory pass's peak."""
     first = runs[0]
-    return Run(first.trainer, first.method, first.tokens, first.positions,
-               statistics.median(r.seconds for r in runs), statistics.median(r.peak_mib for r in runs), first.first_loss)
+    return Run(first.trainer, first.method, first.tokens, first.positions, statistics.median(r.seconds for r in runs),
+               peak_mib, first.first_loss)
 
 
 def table(rows: list[Run]) -> list[str]:
@@ -323,11 +377,12 @@ def ratios(rows: list[Run]) -> dict[str, dict[str, float]]:
     for method in sorted({r.method for r in rows}):
         by = {r.trainer: r for r in rows if r.method == method}
         m = by["mesascope"]
-        out[method] = {f"{k}_{name}": round(v, 3) for name, o in by.items() if name != "mesascope"
-                       for k, v in (("throughput", m.tok_s / o.tok_s),
-                                    ("memory", m.peak_mib / o.peak_mib if o.peak_mib > 0 else float("nan")))}
-        trl = max((o for name, o in by.items() if name.startswith("trl")), key=lambda o: o.tok_s)
-        out[method]["throughput_best_trl"] = round(m.tok_s / trl.tok_s, 3)
+        out[method] = {f"{k}_{name}": None if v is None else round(v, 3) for name, o in by.items()
+                       if name != "mesascope" for k, v in (("throughput", m.tok_s / o.tok_s),
+                                                           ("memory", m.peak_mib / o.peak_mib if o.peak_mib > 0 else None))}
+        trl = [o.tok_s for name, o in by.items() if name.startswith("trl")]
+        if trl:
+            out[method]["throughput_best_trl"] = round(m.tok_s / max(trl), 3)
     return out
 
 
@@ -390,36 +445,39 @@ def bench(args) -> None:
           f"vocab {init.config.vocab_size}; {rt.describe()} on {card}; torch {torch.__version__}, trl {trl.__version__}, "
           f"threads {torch.get_num_threads()}")
     print(f"{len(data)} examples (tiny corpus, ChatML), batch {spec.batch_size} x grad_accum {spec.grad_accum}, "
-          f"pack width {args.pack_width}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed steps) "
-          f"per trainer; tokens = prompt + completion tokens of the timed steps, pad excluded")
+          f"pack width {args.pack_width}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed steps), "
+          f"the trainers in lockstep; tokens = prompt + completion tokens of the timed steps, pad excluded")
+    ctx = argparse.Namespace(args=args, tok=tok, data=data, spec=spec, batches=batches, lrs=lrs, dataset=dataset,
+                             total=total, trainers=trainers)
+    load = [os.getloadavg()[0]]
     runs: dict[tuple[str, str], list[Run]] = {}
     for r in range(args.rounds):
         for method in methods:
-            order = trainers[r % len(trainers):] + trainers[: r % len(trainers)]
-            for name in order:
-                run = measure(name, method, init, data, tok, spec, args, batches, lrs, dataset)
+            for name, run in throughput_round(method, init, ctx, r).items():
                 runs.setdefault((method, name), []).append(run)
-                print(f"  round {r + 1} {method:4s} {name:17s} {run.tok_s:10,.0f} tok/s  {run.peak_mib:8.1f} MiB",
-                      flush=True)
-    rows = [median_runs(runs[(m, t)]) for m in methods for t in trainers]
-    print(f"\nmedian of {args.rounds} round(s):")
+                print(f"  round {r + 1} {method:4s} {name:17s} {run.tok_s:10,.0f} tok/s", flush=True)
+    memory = {(m, t): peak_memory(t, m, init, ctx, min(total, args.warmup + 2)) for m in methods for t in trainers}
+    load.append(os.getloadavg()[0])
+    rows = [median_runs(runs[(m, t)], memory[(m, t)]) for m in methods for t in trainers]
+    print(f"\nmedian of {args.rounds} round(s); peak memory: each trainer alone, {min(total, args.warmup + 2)} steps; "
+          f"load average {load[0]:.1f} -> {load[1]:.1f}:")
     print("\n".join(table(rows)))
     summary = ratios(rows) if "mesascope" in trainers and len(trainers) > 1 else {}
     for method, rs in summary.items():
-        print(f"{method}: " + ", ".join(f"mesascope/{k.removeprefix('throughput_')} {v:.2f}" for k, v in rs.items()
-                                      if k.startswith("throughput")) + " (tokens/s)")
-        print(f"{'':{len(method) + 2}s}" + ", ".join(f"mesascope/{k.removeprefix('memory_')} {v:.2f}"
-                                                     for k, v in rs.items() if k.startswith("memory")) + " (peak memory)")
+        for i, (what, unit) in enumerate((("throughput_", "tokens/s"), ("memory_", "peak memory"))):
+            print(f"{method + ':' if i == 0 else '':{len(method) + 1}s} " + ", ".join(
+                f"mesascope/{k.removeprefix(what)} {'n/a' if v is None else f'{v:.2f}'}" for k, v in rs.items()
+                if k.startswith(what)) + f" ({unit})")
     if args.results:
         from mesascope.provenance import write_results
 
         write_results(args.results, {
             "bench": "finetune", "settings": {k: v for k, v in vars(args).items() if k != "results"},
             "model": {"config": args.model_config, "n_params": n_params, "vocab_size": init.config.vocab_size},
-            "runtime": rt.describe(), "card": card, "threads": torch.get_num_threads(),
+            "runtime": rt.describe(), "card": card, "threads": torch.get_num_threads(), "load_average": load,
             "versions": {"torch": torch.__version__, "trl": trl.__version__},
             "rows": [{**asdict(r), "tok_s": round(r.tok_s, 1)} for r in rows],
-            "rounds": [{**asdict(r), "tok_s": round(r.tok_s, 1)} for rs in runs.values() for r in rs],
+            "rounds": [{**asdict(r), "tok_s": round(r.tok_s, 1), "peak_mib": None} for rs in runs.values() for r in rs],
             "ratios": summary}, command="python bench/finetune.py " + shlex.join(sys.argv[1:]))
         print(f"wrote {args.results}")
 
