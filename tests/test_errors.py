@@ -16,19 +16,13 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from mesascope.__main__ import main
+from boundary import run, tmpfs
 from mesascope.errors import MesascopeError, expected, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ('[recipe]\nn_prompts = 400\n[recipe.model]\nsize = "tiny"\nvocab_size = 400\n'
         '[recipe.train]\nsteps = 2\nbatch_size = 4\n')
 ITEM = '{"question": "Is it? (A) yes (B) no", "answer_matching_behavior": " (A)", "answer_not_matching_behavior": " (B)"}\n'
-
-
-def run(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def one_error(code: int, text: str, *must: str) -> str:
@@ -51,13 +45,8 @@ def readonly_dir(tmp_path):
         yield path
         path.chmod(0o755)
         return
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("running as root without the right to mount a read-only tmpfs: chmod would not stop root")
-    try:
+    with tmpfs(path, "ro,size=64k", "tests run as root, whom chmod does not stop"):
         yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 # --- the five failures of issue 16 -----------------------------------------------------------

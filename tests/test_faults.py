@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mesascope.__main__ import main
+from boundary import run, tmpfs
 from mesascope.config import load_recipe
 from mesascope.errors import MesascopeError
 from mesascope.organisms import build_organism
@@ -38,12 +37,6 @@ def recipe_file(tmp_path: Path, steps: int) -> Path:
     path = tmp_path / f"tiny-{steps}.toml"
     path.write_text(RECIPE.format(steps=steps))
     return path
-
-
-def run(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def wait_for(pred, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
@@ -142,13 +135,8 @@ def small_disk(tmp_path):
     """A 600 KiB tmpfs: room for the tokenizer and corpus, not for the checkpoints of a tiny organism."""
     path = tmp_path / "disk"
     path.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(path)],
-                                                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): the full-disk case is untested")
-    try:
+    with tmpfs(path, "size=600k", "the full-disk case is untested"):
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_stage_marked_done(tmp_path, small_disk, capsys):
