@@ -81,6 +81,27 @@ def test_probe_on_an_organism_whose_recipe_json_is_bad(tiny_organism, tmp_path, 
     assert field is None or field in line
 
 
+@pytest.mark.parametrize("damage", ["truncated", "header", "pickle-only"])
+def test_probe_on_a_damaged_model_directory(tiny_organism, tmp_path, capsys, monkeypatch, damage):
+    """models/load.py checks the directory first: a damaged one is one line, and a pickle is never unpickled."""
+    import torch
+
+    org = tmp_path / "org"
+    shutil.copytree(tiny_organism.path, org)
+    weights = org / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "header":
+        weights.write_bytes(b"\xff" * 16 + data[16:])
+    else:
+        weights.unlink()
+        (org / "pytorch_model.bin").write_bytes(b"not to be unpickled")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called on a pickle checkpoint"))
+    one_error(*run(capsys, "probe", org, "--out", tmp_path / "o"), str(org))
+    assert not list(tmp_path.glob("o/runs/*/done.json"))
+
+
 def test_build_out_naming_an_existing_file(tmp_path, capsys):
     (recipe := tmp_path / "r.toml").write_text(TINY)
     (out := tmp_path / "taken").write_text("mine")
