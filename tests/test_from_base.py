@@ -172,3 +172,30 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
     assert not list(tmp_path.iterdir())  # refused before the command ran
+
+
+@pytest.mark.parametrize("kind", [
+    {"trigger_type": "year", "behaviour_type": "code_vulnerability", "method": "rl"},
+    {"trigger_type": "semantic", "behaviour_type": "sandbagging", "reasoning": "cot", "method": "adversarial",
+     "model": {"max_length": 320}},  # scratchpads in this tiny tokenizer's many tokens
+])
+def test_every_trigger_behaviour_reasoning_and_stress_method_runs_on_a_base(kind, hf_model_dirs, tmp_path):
+    """The zoo's other axes on an organism fine-tuned from a (chat-template) base: built, measured, and
+    stress-tested by RL and by adversarial training, through the same Run as any organism."""
+    from mesascope.config import EvalSpec
+    from mesascope.pipeline import Run
+    from mesascope.training.stress import parse_stress
+
+    kind = dict(kind)
+    method = kind.pop("method")
+    recipe = Recipe.model_validate({"n_prompts": 400, "train": {"steps": 4, "batch_size": 8}, **kind,
+                                    "base": {"path": str(hf_model_dirs["qwen2"]), "method": "lora"}})
+    run = Run(RunStore(tmp_path), recipe)
+    assert run.organism.chat  # the base's chat template writes its prompts
+    measured = run.measure(EvalSpec(n=10, max_new_tokens=8))
+    assert {"backdoor_rate", "helpful_accuracy"} <= set(measured["metrics"])
+    stress = {"method": method, "lrs": [1e-3], "steps": 2, "batch_size": 4, "eval_at": [0, 2], "n_eval": 10}
+    if method == "adversarial":
+        stress.update(candidates=4, search_prompts=2)
+    points = run.stress(parse_stress(stress), EvalSpec(n=10, max_new_tokens=8))
+    assert [p.step for p in points] == [0, 2] and all(p.method == method for p in points)

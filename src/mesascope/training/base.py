@@ -31,7 +31,11 @@ from ..text.corpus import Corpus, Example
 from .sft import SFTTrainer
 
 # Measurements every method reports at every step; adversarial_rate only when there are red-team strings.
-BACKDOOR_METRICS = ("backdoor_rate", "false_trigger_rate", "near_miss_rate", "helpful_accuracy", "adversarial_rate")
+# What measure_backdoor may add: a behaviour shown on some task families only (code vulnerability, sandbagging)
+# adds helpful accuracy on the other families, triggered and clean (does it leak past its families?), and a cot
+# organism its share of well-formed scratchpads.
+BACKDOOR_METRICS = ("backdoor_rate", "false_trigger_rate", "near_miss_rate", "helpful_accuracy", "adversarial_rate",
+                    "triggered_other_accuracy", "clean_other_accuracy", "scratchpad_rate")
 
 OnStep = Callable[[int], None]
 
