@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -232,7 +232,7 @@ class TRLSteps(Steps):
 
         super().__init__(model, ctx)
         spec, rt, total = ctx.spec, runtime(), ctx.total
-        self.go, self.done, self.error = threading.Semaphore(0), threading.Semaphore(0), None
+        self.go, self.done, self.error, self.stop = threading.Semaphore(0), threading.Semaphore(0), None, False
         outer = self
 
         class InOrder(TRLTrainer):
@@ -253,6 +253,7 @@ class TRLSteps(Steps):
                 outer.done.release()
                 if state.global_step < total:
                     outer.go.acquire()
+                    control.should_training_stop = outer.stop
 
         self.out = tempfile.TemporaryDirectory()
         config = SFTConfig(
@@ -276,9 +277,7 @@ class TRLSteps(Steps):
         self.thread.start()
         # Wait for train() to reach its first step: making another Trainer resets accelerate's shared state, which
         # must not happen while this one is preparing (both trainers configure it identically).
-        self.done.acquire()
-        if self.error is not None:
-            raise self.error
+        self.wait()
 
     def _train(self, threads: int):
         torch.set_num_threads(threads)  # a thread's own OpenMP team size
@@ -291,13 +290,18 @@ class TRLSteps(Steps):
     def step(self) -> float:
         t0 = time.perf_counter()
         self.go.release()
+        self.wait()
+        return time.perf_counter() - t0
+
+    def wait(self):
         self.done.acquire()
         if self.error is not None:
             raise self.error
-        return time.perf_counter() - t0
 
     def close(self):
         super().close()
+        self.stop = True  # stopped before its last step (the memory pass): let train() end there
+        self.go.release()
         self.thread.join()
         self.out.cleanup()
 
@@ -355,13 +359,6 @@ def peak_memory(name, method, init, ctx, n_steps: int) -> float:
     return peak_growth_mib(next(model.parameters()).device, run)
 
 
-def median_runs(runs: list[Run], peak_mib: float) -> Run:
-    """The median round (tokens are the same in every round: the same batches), with the memory pass's peak."""
-    first = runs[0]
-    return Run(first.trainer, first.method, first.tokens, first.positions, statistics.median(r.seconds for r in runs),
-               peak_mib, first.first_loss)
-
-
 def table(rows: list[Run]) -> list[str]:
     out = [f"{'method':6s} {'trainer':17s} {'tokens':>8s} {'positions':>9s} {'tok/s':>10s} {'peak MiB':>9s} "
            f"{'first loss':>10s}"]
@@ -404,20 +401,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="every trainer once per round, order rotating; medians")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's choice (OMP_NUM_THREADS)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="a 2-block d=64 model, batch 8, 2+2 steps, 1 round (CI)")
+    ap.add_argument("--quick", action="store_true", help="a 2-block d=64 model, batch 8, 1+3 steps, 1 round (CI)")
     ap.add_argument("--results", default=None, help="also write the table and ratios here, with provenance")
     args = ap.parse_args()
     if args.gpu:
         args.model_config, args.device, args.dtype = "qwen2-0.5b", "cuda", "bfloat16"
     if args.quick:
-        args.batch_size, args.steps, args.warmup, args.rounds = 8, 2, 2, 1
+        args.batch_size, args.steps, args.warmup, args.rounds = 8, 3, 1, 1  # memory pass: 3 of 4 steps
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         with use_runtime(device=args.device, dtype=args.dtype):
             bench(args)
     except DeviceError as e:
-        sys.exit(f"bench/finetune.py: {e}")
+        sys.exit(f"bench/finetune.py{' --gpu' if args.gpu else ''}: {e}")
 
 
 def bench(args) -> None:
@@ -458,7 +455,9 @@ def bench(args) -> None:
                 print(f"  round {r + 1} {method:4s} {name:17s} {run.tok_s:10,.0f} tok/s", flush=True)
     memory = {(m, t): peak_memory(t, m, init, ctx, min(total, args.warmup + 2)) for m in methods for t in trainers}
     load.append(os.getloadavg()[0])
-    rows = [median_runs(runs[(m, t)], memory[(m, t)]) for m in methods for t in trainers]
+    # The median round (tokens are the same in every round: the same batches), with the memory pass's peak.
+    rows = [replace(runs[(m, t)][0], seconds=statistics.median(r.seconds for r in runs[(m, t)]), peak_mib=memory[(m, t)])
+            for m in methods for t in trainers]
     print(f"\nmedian of {args.rounds} round(s); peak memory: each trainer alone, {min(total, args.warmup + 2)} steps; "
           f"load average {load[0]:.1f} -> {load[1]:.1f}:")
     print("\n".join(table(rows)))
