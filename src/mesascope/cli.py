@@ -178,7 +178,7 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
     from .study.spec import load_study
     from .study.sweep import SweepError, run_study
 
-    spec = load_or_fail(load_study, study)
+    spec, _ = load_or_fail(load_study, study), writable(results)
     try:
         with progress_bars() as progress:
             result = run_study(spec, out, backend=backend, workers=workers, address=address, quick=quick,

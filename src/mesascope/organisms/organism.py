@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..config import Recipe
+from ..errors import read_json
 from ..models.load import ModelError, check_model_dir, load_model, load_tokenizer
 from ..store import RunStore
 from ..text.examples import chat_format, dialogue
@@ -35,7 +36,7 @@ class Organism:
             if not (path / "recipe.json").exists():
                 raise ModelError(f"{path} has no recipe.json, so its trigger and behaviour are unknown: add "
                                  "--recipe TOML (a [recipe] table with trigger, trigger_type, behaviour, behaviour_type)")
-            recipe = Recipe.model_validate_json((path / "recipe.json").read_text(encoding="utf-8"))
+            recipe = Recipe.model_validate(read_json(path / "recipe.json", "recipe.json", "rebuild the organism"))
         return cls(path, recipe)
 
     def load(self):
