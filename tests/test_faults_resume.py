@@ -1,0 +1,132 @@
+"""kill -9 at seeded random points of stress training, a sweep and an activation capture to disk; the
+same command run again must finish with what an uninterrupted run gives, bit for bit, and must not redo
+work that had finished before the kill (the build's kill test is in test_faults.py).
+
+Each run is its own process, killed with SIGKILL (its whole process group, so a sweep's pool workers die
+with it) right after the k-th of its output files appears, k and a short extra delay drawn from a seeded
+RNG, so each seed stops it in another place: mid-training, between saving a stressed organism and its
+curve, mid-shard, while measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_tiny_recipe
+
+pytestmark = pytest.mark.slow
+MESASCOPE = [sys.executable, "-c", "from mesascope.cli import app; app()"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_to_end(cmd: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    return done
+
+
+def kill_after(cmd: list[str], events: Callable[[], int], k: int, delay: float, timeout: float = 120) -> None:
+    """Run `cmd`, and SIGKILL its process group `delay` s after `events()` first reaches `k`.
+    Fails if the process ends first: a kill that never happened tests nothing."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while events() < k:
+            assert proc.poll() is None, f"the run ended before event {k}: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, f"no event {k} within {timeout} s"
+            time.sleep(0.005)
+        time.sleep(delay)
+        assert proc.poll() is None, f"the run finished before the kill (event {k} + {delay:.2f} s)"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def snapshot(paths) -> dict[Path, int]:
+    """Each file's modification time: a file a rerun rewrote has a new one."""
+    return {p: p.stat().st_mtime_ns for p in paths}
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.fixture(scope="module")
+def organism_dir(tmp_path_factory) -> Path:
+    from mesascope.organisms import build_organism
+    from mesascope.store import RunStore
+
+    return build_organism(make_tiny_recipe(), RunStore(tmp_path_factory.mktemp("organism"))).path
+
+
+# --- (a) stress: three persistence curves, each saved as its stressed organism, then its curve file
+
+STRESS = """[eval]\nn = 16\nbatch_size = 32\nn_samples = 0
+[stress]\nmethod = "{method}"\nlrs = [3e-3, 1e-3, 3e-4]\nsteps = 20\nbatch_size = 8\neval_at = [0, 10, 20]\nn_eval = 16
+"""
+LRS = ("0.003", "0.001", "0.0003")
+
+
+def stress_cmd(organism: Path, tmp: Path, method: str, out: Path) -> list[str]:
+    cfg = tmp / f"{method}.toml"
+    cfg.write_text(STRESS.format(method=method))
+    return [*MESASCOPE, "stress", str(organism), "--config", str(cfg), "--out", str(out)]
+
+
+def stress_events(out: Path) -> int:
+    """1 once the stress stage exists, then +1 per stressed organism saved and per curve file written."""
+    stage = next(out.glob("runs/stress-*"), None)
+    if stage is None:
+        return 0
+    return 1 + sum(1 for p in stage.iterdir() if p.name.startswith(("stressed-lr", "curve-lr")))
+
+
+@pytest.fixture(scope="module")
+def stressed(organism_dir, tmp_path_factory) -> dict[str, Path]:
+    """method -> the OUT of an uninterrupted `mesascope stress` of the organism."""
+    tmp = tmp_path_factory.mktemp("stress-ref")
+    refs = {}
+    for method in ("hhh_sft", "adversarial"):
+        run_to_end(stress_cmd(organism_dir, tmp, method, tmp / method))
+        refs[method] = tmp / method
+    return refs
+
+
+@pytest.mark.parametrize("method,seed", [("hhh_sft", 0), ("hhh_sft", 1), ("adversarial", 2)])
+def test_stress_killed_at_a_random_point_resumes_bit_identically(organism_dir, stressed, tmp_path, method, seed):
+    rng = random.Random(seed)
+    out, ref = tmp_path / "out", stressed[method]
+    cmd = stress_cmd(organism_dir, tmp_path, method, out)
+    kill_after(cmd, lambda: stress_events(out), rng.randint(1, 6), rng.uniform(0.0, 0.3))
+    stage = next(out.glob("runs/stress-*"))
+    ref_stage = ref / "runs" / stage.name
+    assert ref_stage.is_dir(), "the killed run's stress stage is another one than the uninterrupted run's"
+    kept = snapshot(stage.glob("curve-lr*.json"))  # finished curves: never trained again
+    kept |= snapshot(p for c in kept for p in stage.glob(f"stressed-lr{c.stem.removeprefix('curve-lr')}/*"))
+    run_to_end(cmd)
+    assert snapshot(kept) == kept, "a curve finished before the kill was computed again"
+    for lr in LRS:
+        curve = f"curve-lr{lr}.json"
+        assert (stage / curve).read_bytes() == (ref_stage / curve).read_bytes(), f"{curve} differs"
+        got, want = stage / f"stressed-lr{lr}", ref_stage / f"stressed-lr{lr}"
+        assert same_tensors(got / "model.safetensors", want / "model.safetensors"), f"weights at lr={lr} differ"
+        for name in ("stress.json", "organism.json"):  # the training log, what was done to it
+            assert (got / name).read_bytes() == (want / name).read_bytes(), f"{name} at lr={lr} differs"
+    results, want = (json.loads((d / "results.json").read_text()) for d in (out, ref))
+    assert results["stress"] == want["stress"] and results["metrics"] == want["metrics"]
