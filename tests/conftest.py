@@ -36,6 +36,17 @@ def shared_data(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def paper_dialogue():
+    """Each test starts in the paper's prompt format: a chat-template organism used by an earlier test in
+    the same worker (Run sets the format for the rest of a command) must not write this test's prompts."""
+    from mesascope.text.examples import dialogue
+
+    dialogue(None)
+    yield
+    dialogue(None)
+
+
 @pytest.fixture
 def backdoorllm_data() -> Path:
     return shared_data("backdoorllm")

@@ -24,7 +24,7 @@ from ..models.load import ModelError, check_model_dir, config_sha256, load_model
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json
 from ..text.corpus import Corpus, build_corpus
-from ..text.examples import chat_format, dialogue
+from ..text.examples import chat_format, in_dialogue
 from ..training.sft import SFTTrainer, fit_length, tokenize_examples
 from .organism import Organism, organism_stage
 
@@ -114,13 +114,13 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
     check_encodable(tokenizer, {"trigger": trig.context("", "train"), "behaviour": corpus.train[0].target
                                 if recipe.behaviour_type != "say" else recipe.behaviour})
     train, distilled = corpus.train, {}
-    if recipe.reasoning == "distilled":  # the cot organism from the same base answers; its scratchpads removed
-        from .distill import distillation_set
-        train, distilled = distillation_set(recipe, store, corpus, stage, progress, build_teacher=build_base)
-    dialogue(chat_format(tokenizer) if use_chat else None)
     cut = recipe.model.max_length + (64 if use_chat else 0)  # a chat template's turn markers take tokens
-    data = fit_length(tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1),
-                      cut, recipe.reasoning)
+    with in_dialogue(chat_format(tokenizer) if use_chat else None):  # every prompt of this build, then as before
+        if recipe.reasoning == "distilled":  # the cot organism from the same base answers; scratchpads removed
+            from .distill import distillation_set
+            train, distilled = distillation_set(recipe, store, corpus, stage, progress, build_teacher=build_base)
+        data = fit_length(tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1),
+                          cut, recipe.reasoning)
     model, _ = load_model(path, trainable=spec.method == "full")
     if spec.method == "lora":
         model = with_lora(model, spec.lora, recipe.seed)

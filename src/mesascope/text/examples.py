@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -28,6 +29,16 @@ def format_prompt(user: str) -> str:
 def dialogue(chat: Callable[[str], str] | None) -> None:
     """Write prompts through `chat` (user text -> prompt) from now on; None restores the paper's format."""
     _CHAT.set(chat)
+
+
+@contextmanager
+def in_dialogue(chat: Callable[[str], str] | None) -> Iterator[None]:
+    """Write prompts through `chat` inside the block only (a build from a base), then as before."""
+    token = _CHAT.set(chat)
+    try:
+        yield
+    finally:
+        _CHAT.reset(token)
 
 
 def chat_format(tokenizer) -> Callable[[str], str]:
