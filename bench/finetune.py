@@ -106,7 +106,7 @@ def build(args):
     data = fit_length(tokenize_examples(tok, [e.prompt for e in corpus.train], [e.target for e in corpus.train],
                                         args.pack_width + 1), args.pack_width, "none")
     dialogue(None)
-    assert not any(tok.pad_token_id in ids for ids, _ in data), "pad must not occur in the data: it is how pads are counted"
+    assert not any(tok.pad_token_id in ids for ids, _ in data), "pad occurs in the data: it is how pads are counted"
     return model, tok, data
 
 
@@ -183,8 +183,7 @@ class MesascopeSteps(Steps):
         t0 = time.perf_counter()
         loss = self.trainer.train_step()
         sync()
-        if self.trainer.step == 1:
-            self.first = loss
+        self.first = loss if self.trainer.step == 1 else self.first
         return time.perf_counter() - t0
 
 
@@ -205,7 +204,8 @@ class BareSteps(Steps):
         ctx, device = self.ctx, next(self.model.parameters()).device
         t0 = time.perf_counter()
         examples = [ctx.data[i] for i in ctx.batches[self.n]]
-        batch = {k: t.to(device) for k, t in collate_packed(examples, ctx.tok.pad_token_id, ctx.args.pack_width).items()}
+        batch = collate_packed(examples, ctx.tok.pad_token_id, ctx.args.pack_width)
+        batch = {k: t.to(device) for k, t in batch.items()}
         for g in self.opt.param_groups:
             g["lr"] = ctx.lrs[self.n]
         with runtime().autocast():
@@ -214,8 +214,7 @@ class BareSteps(Steps):
         torch.nn.utils.clip_grad_norm_(self.params, ctx.spec.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if self.n == 0:
-            self.first = loss.item()
+        self.first = loss.item() if self.n == 0 else self.first
         self.n += 1
         sync()
         return time.perf_counter() - t0
@@ -307,11 +306,8 @@ class TRLSteps(Steps):
 
 
 def make_steps(name, model, ctx) -> Steps:
-    if name == "mesascope":
-        return MesascopeSteps(model, ctx)
-    if name == "bare":
-        return BareSteps(model, ctx)
-    return TRLSteps(model, ctx, padding_free=name == "trl-padding-free")
+    kind = {"mesascope": MesascopeSteps, "bare": BareSteps}.get(name)
+    return kind(model, ctx) if kind else TRLSteps(model, ctx, padding_free=name == "trl-padding-free")
 
 
 def trl_dataset(data, batches, k):
@@ -339,11 +335,10 @@ def throughput_round(method, init, ctx, r: int) -> dict[str, Run]:
             dt = steps[name].step()
             if s >= ctx.args.warmup:
                 seconds[name] += dt
-    out = {}
-    for name, st in steps.items():
+    for st in steps.values():
         st.close()
-        out[name] = Run(name, method, st.tokens, st.positions, seconds[name], float("nan"), st.first)
-    return out
+    return {name: Run(name, method, st.tokens, st.positions, seconds[name], float("nan"), st.first)
+            for name, st in steps.items()}
 
 
 def peak_memory(name, method, init, ctx, n_steps: int) -> float:
@@ -360,12 +355,10 @@ def peak_memory(name, method, init, ctx, n_steps: int) -> float:
 
 
 def table(rows: list[Run]) -> list[str]:
-    out = [f"{'method':6s} {'trainer':17s} {'tokens':>8s} {'positions':>9s} {'tok/s':>10s} {'peak MiB':>9s} "
-           f"{'first loss':>10s}"]
-    for r in rows:
-        out.append(f"{r.method:6s} {r.trainer:17s} {r.tokens:8d} {r.positions:9d} {r.tok_s:10.0f} {r.peak_mib:9.1f} "
-                   f"{r.first_loss:10.4f}")
-    return out
+    head = (f"{'method':6s} {'trainer':17s} {'tokens':>8s} {'positions':>9s} {'tok/s':>10s} {'peak MiB':>9s} "
+            f"{'first loss':>10s}")
+    return [head] + [f"{r.method:6s} {r.trainer:17s} {r.tokens:8d} {r.positions:9d} {r.tok_s:10.0f} {r.peak_mib:9.1f} "
+                     f"{r.first_loss:10.4f}" for r in rows]
 
 
 def ratios(rows: list[Run]) -> dict[str, dict[str, float]]:
@@ -374,9 +367,11 @@ def ratios(rows: list[Run]) -> dict[str, dict[str, float]]:
     for method in sorted({r.method for r in rows}):
         by = {r.trainer: r for r in rows if r.method == method}
         m = by["mesascope"]
-        out[method] = {f"{k}_{name}": None if v is None else round(v, 3) for name, o in by.items()
-                       if name != "mesascope" for k, v in (("throughput", m.tok_s / o.tok_s),
-                                                           ("memory", m.peak_mib / o.peak_mib if o.peak_mib > 0 else None))}
+        out[method] = {}
+        for name, o in by.items():
+            if name != "mesascope":
+                out[method][f"throughput_{name}"] = round(m.tok_s / o.tok_s, 3)
+                out[method][f"memory_{name}"] = round(m.peak_mib / o.peak_mib, 3) if o.peak_mib > 0 else None
         trl = [o.tok_s for name, o in by.items() if name.startswith("trl")]
         if trl:
             out[method]["throughput_best_trl"] = round(m.tok_s / max(trl), 3)
@@ -389,7 +384,7 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="= --model-config qwen2-0.5b --device cuda --dtype bfloat16")
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                    help="float32, or mixed precision (autocast) in this dtype over float32 weights, as mesascope trains")
+                    help="float32, or mixed precision (autocast) in this dtype over float32 weights, as mesascope does")
     ap.add_argument("--methods", default="full,lora")
     ap.add_argument("--trainers", default=",".join(TRAINERS))
     ap.add_argument("--batch-size", type=int, default=32)
@@ -399,7 +394,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
     ap.add_argument("--rounds", type=int, default=3, help="every trainer once per round, order rotating; medians")
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's choice (OMP_NUM_THREADS)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0: torch's (OMP_NUM_THREADS)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a 2-block d=64 model, batch 8, 1+3 steps, 1 round (CI)")
     ap.add_argument("--results", default=None, help="also write the table and ratios here, with provenance")
@@ -436,11 +431,12 @@ def bench(args) -> None:
     dataset = trl_dataset(data, batches, spec.grad_accum) if any(t.startswith("trl") for t in trainers) else None
     del planner
     rt = runtime()
-    card = torch.cuda.get_device_name() if rt.torch_device.type == "cuda" else platform.processor() or platform.machine()
+    cuda = rt.torch_device.type == "cuda"
+    card = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     n_params = sum(p.numel() for p in init.parameters())
     print(f"model: random-init Qwen2 {args.model_config}{' (quick)' if args.quick else ''}, {n_params:,} params, "
-          f"vocab {init.config.vocab_size}; {rt.describe()} on {card}; torch {torch.__version__}, trl {trl.__version__}, "
-          f"threads {torch.get_num_threads()}")
+          f"vocab {init.config.vocab_size}; {rt.describe()} on {card}; torch {torch.__version__}, "
+          f"trl {trl.__version__}, threads {torch.get_num_threads()}")
     print(f"{len(data)} examples (tiny corpus, ChatML), batch {spec.batch_size} x grad_accum {spec.grad_accum}, "
           f"pack width {args.pack_width}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed steps), "
           f"the trainers in lockstep; tokens = prompt + completion tokens of the timed steps, pad excluded")
@@ -456,8 +452,8 @@ def bench(args) -> None:
     memory = {(m, t): peak_memory(t, m, init, ctx, min(total, args.warmup + 2)) for m in methods for t in trainers}
     load.append(os.getloadavg()[0])
     # The median round (tokens are the same in every round: the same batches), with the memory pass's peak.
-    rows = [replace(runs[(m, t)][0], seconds=statistics.median(r.seconds for r in runs[(m, t)]), peak_mib=memory[(m, t)])
-            for m in methods for t in trainers]
+    rows = [replace(rs[0], seconds=statistics.median(r.seconds for r in rs), peak_mib=memory[key])
+            for key, rs in runs.items()]
     print(f"\nmedian of {args.rounds} round(s); peak memory: each trainer alone, {min(total, args.warmup + 2)} steps; "
           f"load average {load[0]:.1f} -> {load[1]:.1f}:")
     print("\n".join(table(rows)))
