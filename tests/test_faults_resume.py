@@ -90,11 +90,13 @@ def stress_cmd(organism: Path, tmp: Path, method: str, out: Path) -> list[str]:
 
 
 def stress_events(out: Path) -> int:
-    """1 once the stress stage exists, then +1 per stressed organism saved and per curve file written."""
+    """1 once the stress stage exists, then +1 per file it keeps: the stage-wide results adversarial training
+    computes once (its red-team search, the specificity curve before), each stressed organism and curve."""
     stage = next(out.glob("runs/stress-*"), None)
     if stage is None:
         return 0
-    return 1 + sum(1 for p in stage.iterdir() if p.name.startswith(("stressed-lr", "curve-lr")))
+    return 1 + sum(1 for p in stage.iterdir() if p.name.startswith(("red_team-", "specificity-", "stressed-lr",
+                                                                     "curve-lr")))
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,8 @@ def stressed(organism_dir, tmp_path_factory) -> dict[str, Path]:
     return refs
 
 
-@pytest.mark.parametrize("method,seed", [("hhh_sft", 0), ("hhh_sft", 1), ("adversarial", 2)])
+# adversarial's seed 5 kills in its second curve, which must train against the red team stored by the first.
+@pytest.mark.parametrize("method,seed", [("hhh_sft", 0), ("hhh_sft", 1), ("adversarial", 5)])
 def test_stress_killed_at_a_random_point_resumes_bit_identically(organism_dir, stressed, tmp_path, method, seed):
     rng = random.Random(seed)
     out, ref = tmp_path / "out", stressed[method]
@@ -130,3 +133,95 @@ def test_stress_killed_at_a_random_point_resumes_bit_identically(organism_dir, s
             assert (got / name).read_bytes() == (want / name).read_bytes(), f"{name} at lr={lr} differs"
     results, want = (json.loads((d / "results.json").read_text()) for d in (out, ref))
     assert results["stress"] == want["stress"] and results["metrics"] == want["metrics"]
+
+
+# --- (b) a sweep: 2 organisms, then 4 cells (a stress stage and a cell marker each), one worker process
+
+def sweep_cmd(tmp: Path, out: Path) -> list[str]:
+    from test_sweep import TINY_STUDY  # 2 seeds x 2 lrs of hhh_sft on a 30-step tiny organism
+
+    (study := tmp / "tiny-study.toml").write_text(TINY_STUDY)
+    return [*MESASCOPE, "sweep", str(study), "--out", str(out), "--workers", "1", "--threads", "1"]
+
+
+def finished(out: Path, kind: str = "*") -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in out.glob(f"runs/{kind}-*/done.json")}
+
+
+def figures(study: dict) -> dict:
+    """What a sweep measured: every cell's rows, the aggregates, each organism's size and final loss."""
+    return {"cells": [(c["id"], c["axes"], c["rows"]) for c in study["cells"]], "aggregates": study["aggregates"],
+            "organisms": [(o["recipe_digest"], o["n_params"], o["final_loss"]) for o in study["organisms"]]}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("sweep-ref")
+    run_to_end(sweep_cmd(tmp, tmp / "out"))
+    return json.loads((tmp / "out" / "study.json").read_text())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sweep_killed_at_a_random_point_resumes_to_the_same_study(swept, tmp_path, seed):
+    rng = random.Random(seed)
+    out = tmp_path / "out"
+    cmd = sweep_cmd(tmp_path, out)
+    kill_after(cmd, lambda: len(finished(out)), rng.randint(1, 9), rng.uniform(0.0, 0.5))
+    before = snapshot(finished(out))
+    assert not (out / "study.json").exists()
+    run_to_end(cmd)
+    study = json.loads((out / "study.json").read_text())
+    assert figures(study) == figures(swept)
+    assert snapshot(before) == before  # nothing finished was redone
+    built, cells = (len([p for p in before if p.parent.name.startswith(k)]) for k in ("organism-", "cell-"))
+    assert study["counts"]["organisms_computed"] == 2 - built and study["counts"]["cells_computed"] == 4 - cells
+
+
+# --- (c) activation capture to a shard folder: 12 shards of 16 prompts, 2 batches each, slowed to ~1 s
+
+CAPTURE = """import sys, time
+from mesascope.models import load_model
+from mesascope.models.activations import capture
+from mesascope.text.corpus import format_prompt
+model, tok = load_model(sys.argv[1])
+prompts = [format_prompt("What is " + " plus ".join([str(a)] * (1 + a % 5)) + "?") for a in range(192)]
+capture(model, tok, prompts, "blocks.*.resid_post", sys.argv[3], batch_size=8, out_dir=sys.argv[2], shard_size=16,
+        on_batch=lambda k: time.sleep(0.02))  # long enough that a kill can land among the shards
+"""
+
+
+def capture_cmd(organism: Path, out: Path, positions: str) -> list[str]:
+    return [sys.executable, "-c", CAPTURE, str(organism), str(out), positions]
+
+
+@pytest.fixture(scope="module")
+def captured(organism_dir, tmp_path_factory) -> dict[str, Path]:
+    """positions -> the folder of an uninterrupted capture."""
+    tmp = tmp_path_factory.mktemp("capture-ref")
+    for positions in ("all", "last"):
+        run_to_end(capture_cmd(organism_dir, tmp / positions, positions))
+    return {p: tmp / p for p in ("all", "last")}
+
+
+@pytest.mark.parametrize("positions,seed", [("all", 0), ("last", 1), ("all", 2)])
+def test_capture_killed_mid_way_and_rerun_equals_an_uninterrupted_capture(organism_dir, captured, tmp_path,
+                                                                         positions, seed):
+    from mesascope.models.activation_store import ActivationStore
+
+    rng = random.Random(seed)
+    out, ref = tmp_path / "acts", captured[positions]
+    cmd = capture_cmd(organism_dir, out, positions)
+    kill_after(cmd, lambda: len(list(out.glob("shard-*.safetensors"))), rng.randint(1, 10), rng.uniform(0.0, 0.04))
+    assert not (out / "index.json").exists()
+    with pytest.raises(FileNotFoundError, match="holds no finished capture"):
+        ActivationStore(out)  # an unfinished capture is never read as a short one
+    run_to_end(cmd)
+    got, want = ActivationStore(out), ActivationStore(ref)
+    assert got.index == want.index
+    a, b = got.load(), want.load()
+    assert a.hooks == b.hooks and all(np.array_equal(a[h], b[h]) for h in b.hooks)
+    for field in ("offsets", "token_index"):
+        assert (getattr(a, field) is None) == (getattr(b, field) is None) == (positions == "last")
+        assert positions == "last" or np.array_equal(getattr(a, field), getattr(b, field))
+    assert sorted(p.name for p in out.glob("shard-*")) == sorted(p.name for p in ref.glob("shard-*"))
+    assert all((out / s["file"]).read_bytes() == (ref / s["file"]).read_bytes() for s in want.index["shards"])
