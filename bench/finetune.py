@@ -96,7 +96,8 @@ def build(args):
     shape = dict(CONFIGS[args.model_config])
     shape.setdefault("vocab_size", -(-len(tok) // 64) * 64)
     if args.quick:
-        shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+        shape.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2)
     config = Qwen2Config(**shape, tie_word_embeddings=True, use_sliding_window=False, bos_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa")
     torch.manual_seed(args.seed)
@@ -188,11 +189,14 @@ class MesascopeSteps(Steps):
 
 
 class BareSteps(Steps):
-    """collate_packed, forward with labels, backward, clip, AdamW step: the loop a tutorial writes."""
+    """collate_packed, forward with labels, backward, clip, AdamW step: the loop a tutorial writes (with the same
+    grad_accum micro-batches, token-weighted, and gradient checkpointing when asked)."""
 
     def __init__(self, model, ctx):
         super().__init__(model, ctx)
         self.ctx, self.n = ctx, 0
+        if ctx.spec.grad_checkpointing:
+            causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         decay = ctx.spec.weight_decay
         self.opt = torch.optim.AdamW([{"params": [p for p in self.params if p.dim() >= 2], "weight_decay": decay},
@@ -203,18 +207,22 @@ class BareSteps(Steps):
     def step(self) -> float:
         ctx, device = self.ctx, next(self.model.parameters()).device
         t0 = time.perf_counter()
-        examples = [ctx.data[i] for i in ctx.batches[self.n]]
-        batch = collate_packed(examples, ctx.tok.pad_token_id, ctx.args.pack_width)
-        batch = {k: t.to(device) for k, t in batch.items()}
+        examples, k = [ctx.data[i] for i in ctx.batches[self.n]], ctx.spec.grad_accum
+        answer = sum(len(ids) - n for ids, n in examples)
         for g in self.opt.param_groups:
             g["lr"] = ctx.lrs[self.n]
-        with runtime().autocast():
-            loss = self.model(**batch, use_cache=False).loss
-        loss.backward()
+        total = 0.0
+        for part in (examples[j::k] for j in range(k)):
+            batch = collate_packed(part, ctx.tok.pad_token_id, ctx.args.pack_width)
+            with runtime().autocast():
+                loss = self.model(**{key: t.to(device) for key, t in batch.items()}, use_cache=False).loss
+            loss = loss * (sum(len(ids) - n for ids, n in part) / answer)
+            loss.backward()
+            total += loss.item()
         torch.nn.utils.clip_grad_norm_(self.params, ctx.spec.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.first = loss.item() if self.n == 0 else self.first
+        self.first = total if self.n == 0 else self.first
         self.n += 1
         sync()
         return time.perf_counter() - t0
