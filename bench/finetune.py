@@ -37,6 +37,7 @@ import ctypes
 import gc
 import os
 import platform
+import queue
 import shlex
 import statistics
 import sys
@@ -116,6 +117,17 @@ def trainable(init, method: str, seed: int):
     return with_lora(model, LoraSpec(), seed) if method == "lora" else model
 
 
+def rss() -> int:
+    """This process's resident set in bytes: /proc on Linux, else psutil (not a dependency)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
 def peak_growth_mib(device: torch.device, fn) -> float:
     """Peak memory growth (MiB) while `fn` runs: CUDA's allocator peak, or the resident set sampled every 2 ms."""
     gc.collect()
@@ -126,17 +138,15 @@ def peak_growth_mib(device: torch.device, fn) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    import psutil
-
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the baseline is what is live
-    proc, done = psutil.Process(), threading.Event()
-    base = proc.memory_info().rss
+    done = threading.Event()
+    base = rss()
     peak = [base]
 
     def sample():
         while not done.wait(0.002):
-            peak[0] = max(peak[0], proc.memory_info().rss)
+            peak[0] = max(peak[0], rss())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -145,7 +155,7 @@ def peak_growth_mib(device: torch.device, fn) -> float:
     finally:
         done.set()
         sampler.join()
-    return (max(peak[0], proc.memory_info().rss) - base) / 2**20
+    return (max(peak[0], rss()) - base) / 2**20
 
 
 def sync():
@@ -160,10 +170,18 @@ class Steps:
     """A trainer's model, the tokens and positions its backbone sees (a forward pre-hook: gradient
     checkpointing's recompute is no call), and its first step's loss."""
 
-    def __init__(self, model, ctx):
+    def __init__(self, model, ctx, own_thread: bool = True):
         self.model, self.pad_id, self.first = model, ctx.tok.pad_token_id, float("nan")
         self.tokens = self.positions = 0
         self.hook = causal_lm(model).base_model.register_forward_pre_hook(self.count, with_kwargs=True)
+        # Each trainer steps in a thread of its own, as TRL's train() must: every thread has its own OpenMP team,
+        # and on a busy machine the main thread's team fell into 2-5 s steps while the others' did not.
+        self.worker = Worker() if own_thread else None
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        self.worker.call(self.run_step)
+        return time.perf_counter() - t0
 
     def count(self, module, args, kwargs):
         ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
@@ -172,6 +190,36 @@ class Steps:
 
     def close(self):
         self.hook.remove()
+        if self.worker is not None:
+            self.worker.close()
+
+
+class Worker:
+    """A thread that runs the functions it is given, one at a time, and hands back their results."""
+
+    def __init__(self):
+        self.jobs, self.results = queue.Queue(), queue.Queue()
+        self.thread = threading.Thread(target=self.loop, args=(torch.get_num_threads(),), daemon=True)
+        self.thread.start()
+
+    def loop(self, threads: int):
+        torch.set_num_threads(threads)  # a thread's own OpenMP team size
+        while (fn := self.jobs.get()) is not None:
+            try:
+                self.results.put((fn(), None))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                self.results.put((None, e))
+
+    def call(self, fn):
+        self.jobs.put(fn)
+        out, error = self.results.get()
+        if error is not None:
+            raise error
+        return out
+
+    def close(self):
+        self.jobs.put(None)
+        self.thread.join()
 
 
 class MesascopeSteps(Steps):
@@ -180,12 +228,10 @@ class MesascopeSteps(Steps):
         self.trainer = SFTTrainer(self.model, ctx.data, ctx.spec, pad_id=ctx.tok.pad_token_id, seed=ctx.args.seed,
                                   pack_width=ctx.args.pack_width)
 
-    def step(self) -> float:
-        t0 = time.perf_counter()
+    def run_step(self):
         loss = self.trainer.train_step()
         sync()
         self.first = loss if self.trainer.step == 1 else self.first
-        return time.perf_counter() - t0
 
 
 class BareSteps(Steps):
@@ -204,9 +250,8 @@ class BareSteps(Steps):
                                      lr=ctx.spec.lr, betas=(0.9, 0.95))
         self.model.train()
 
-    def step(self) -> float:
+    def run_step(self):
         ctx, device = self.ctx, next(self.model.parameters()).device
-        t0 = time.perf_counter()
         examples, k = [ctx.data[i] for i in ctx.batches[self.n]], ctx.spec.grad_accum
         answer = sum(len(ids) - n for ids, n in examples)
         for g in self.opt.param_groups:
@@ -225,7 +270,6 @@ class BareSteps(Steps):
         self.first = total if self.n == 0 else self.first
         self.n += 1
         sync()
-        return time.perf_counter() - t0
 
 
 class TRLSteps(Steps):
@@ -237,7 +281,7 @@ class TRLSteps(Steps):
         from transformers import PrinterCallback, TrainerCallback
         from trl import SFTConfig, SFTTrainer as TRLTrainer
 
-        super().__init__(model, ctx)
+        super().__init__(model, ctx, own_thread=False)  # train() runs in a thread of its own, below
         spec, rt, total = ctx.spec, runtime(), ctx.total
         self.go, self.done, self.error, self.stop = threading.Semaphore(0), threading.Semaphore(0), None, False
         outer = self

@@ -13,7 +13,6 @@ import torch
 
 pytest.importorskip("trl")
 pytest.importorskip("peft")
-pytest.importorskip("psutil")
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "finetune.py"
 TRAINERS = ["mesascope", "trl-padded", "trl-padding-free", "bare"]
