@@ -18,9 +18,9 @@ What differs, as far as TRL allows it to be matched:
   weight decay, clipping and warmup + cosine (HF's warmup starts at lr 0, mesascope's at lr / warm).
   TRL also computes its entropy and token-accuracy metrics every step, as it does by default.
 Tokens are prompt + completion tokens (pad excluded), counted by a hook on the backbone in the timed
-steps. The trainers run in lockstep, one optimizer step each in turn (TRL's own `train()` paused by a
-callback between steps), the order rotating every step, so a load spike on a shared machine hits all of
-them alike; tokens/s is the median over rounds. Peak memory is measured apart, each trainer alone for a
+steps. The trainers run in lockstep, one optimizer step each in turn, each in a thread of its own (TRL's
+own `train()` paused by a callback between steps), the order rotating every step, so a load spike on a
+shared machine hits all of them alike; tokens/s is the median over rounds. Peak memory is measured apart, each trainer alone for a
 few steps: growth over what the model already held, CUDA's `max_memory_allocated`, or on CPU the resident
 set sampled every 2 ms (freed heap handed back to the OS first).
 
