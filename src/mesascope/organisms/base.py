@@ -101,8 +101,8 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
     spec = recipe.base
     assert spec is not None
     stage = organism_stage(store, recipe)
-    t0 = time.perf_counter()
     path = base_path(recipe, store, progress, build_base)
+    t0 = time.perf_counter()  # after a base recipe's own build: train_seconds is this fine-tune's
     check_base(path, recipe)
     tokenizer = load_tokenizer(path)
     use_chat = bool(tokenizer.chat_template) if spec.chat_template is None else spec.chat_template
