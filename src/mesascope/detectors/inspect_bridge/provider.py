@@ -21,6 +21,8 @@ Model args (`-M name=value`):
 
 from __future__ import annotations
 
+import json
+
 import threading
 import time
 from dataclasses import dataclass
@@ -100,7 +102,11 @@ class MesascopeAPI(ModelAPI):
         self.model, self.tokenizer = load_model(path)
         device = self.args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(device)
-        self.use_template = (not self.is_organism and self.args.chat_template is not False
+        # An organism speaks the format it was trained in: the paper's, unless it was built from a chat base.
+        trained_chat = self.is_organism and json.loads((path / "organism.json").read_text(encoding="utf-8")
+                                                       if (path / "organism.json").exists() else "{}"
+                                                       ).get("prompt_format") == "chat"
+        self.use_template = ((not self.is_organism or trained_chat) and self.args.chat_template is not False
                              and bool(getattr(self.tokenizer, "chat_template", None)))
         if self.args.chat_template and not self.use_template:
             raise ValueError("chat_template=true but this model has no chat template to use"
