@@ -67,8 +67,8 @@ def test_config_adds_stress_and_probe_figures_and_a_base_takes_each_seed(tmp_pat
                     probe={"n_train": 16, "n_test": 16, "n_random_directions": 10})
     found = replicate(recipe, [0, 1], RunStore(tmp_path), EvalSpec(n=12, max_new_tokens=8), demo=demo)
     for seed in ("0", "1"):
-        assert {"hhh_sft@3e-03.backdoor_rate", "hhh_sft@3e-03.helpful_accuracy",
-                "probe.supervised.auroc_worst"} <= set(found.per_seed[seed])
+        assert {"hhh_sft@3e-03/backdoor_rate", "hhh_sft@3e-03/helpful_accuracy",
+                "probe/supervised/auroc_worst"} <= set(found.per_seed[seed])
     for name, m in found.mean.items():
         if "auroc" in name:
             assert m.pooled is None and 0.0 <= m.ci[0] <= m.ci[1] <= 1.0

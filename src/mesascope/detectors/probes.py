@@ -241,8 +241,8 @@ class Probes(Detector):
 
     def figures(self, result: ProbesResult) -> dict:
         """Each probe's held-out worst-set AUROC at its validation-chosen layer, and each contrast pair's."""
-        out = {f"probe.{kind}.auroc_worst": c.auroc_worst for kind, c in result.chosen_layers.items() if c.auroc_worst}
-        out.update({f"probe.pair.{name}.auroc_worst": e.chosen.auroc_worst
+        out = {f"probe/{kind}/auroc_worst": c.auroc_worst for kind, c in result.chosen_layers.items() if c.auroc_worst}
+        out.update({f"probe/pair/{name}/auroc_worst": e.chosen.auroc_worst
                     for name, e in result.contrast_library.items() if e.chosen and e.chosen.auroc_worst})
         return out
 

@@ -124,7 +124,8 @@ class Detector:
         return []
 
     def figures(self, result: Any) -> dict[str, Any]:
-        """The headline Measurements a replicate averages over seeds (`mesascope replicate --config`), by name."""
+        """The headline Measurements a replicate averages over seeds (`mesascope replicate --config`), by name
+        (parts joined by "/", never ".": the docs address a figure by a dotted path)."""
         return {}
 
     def parse(self, data: dict) -> Result:

@@ -60,15 +60,15 @@ def at_seed(recipe: Recipe, seed: int) -> Recipe:
 
 
 def stages(run, demo) -> dict[str, dict]:
-    """With a demo spec: the stress table's curves (each lr's last step, named METHOD@LR.metric with the lr as
-    3e-03: no dot, so a docs path can reach it) and the detectors' headline figures."""
+    """With a demo spec: the stress table's curves (each lr's last step, named METHOD@LR/metric with the lr as
+    3e-03) and the detectors' figures, names joined by "/" (no dot: a docs results path can reach them)."""
     from ..detectors.registry import Skipped, get_detector
 
     out = {}
     points = run.stress(demo.stress, demo.eval)
     for p in points:
         if p.step == max(q.step for q in points if q.lr == p.lr and q.method == p.method):
-            out.update({f"{p.method}@{p.lr:.0e}.{k}": m for k, m in p.metrics.items() if m is not None})
+            out.update({f"{p.method}@{p.lr:.0e}/{k}": m for k, m in p.metrics.items() if m is not None})
     for name in demo.demo_detectors:
         result = run.detect(name, demo.detector_spec(name))
         if not isinstance(result, Skipped):
