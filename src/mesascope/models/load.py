@@ -46,21 +46,29 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).exists()
 
 
-def check_safetensors(file: Path) -> None:
-    """The header's tensors must fit the file exactly (8-byte length, JSON header, then the data)."""
+def safetensors_header(file: Path) -> tuple[int, dict]:
+    """(header length, the JSON header: tensor name -> dtype, shape, data_offsets) of a safetensors file,
+    read without its data; a header longer than the file is a ValueError."""
+    with open(file, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > file.stat().st_size - 8:
+            raise ValueError(f"{file}: header length {n} is past the end of the file")
+        return n, json.loads(fh.read(n))
+
+
+def check_safetensors(file: Path) -> dict:
+    """The file's header, once its tensors are known to fit the file exactly (8-byte length, JSON header,
+    then the data)."""
     size = file.stat().st_size
     try:
-        with open(file, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            if n > size - 8:
-                raise ValueError
-            header = json.loads(fh.read(n))
+        n, header = safetensors_header(file)
         end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     except (ValueError, struct.error, KeyError, TypeError, UnicodeDecodeError):
         raise ModelError(f"{file} is not a readable safetensors file (corrupt header): copy or save it again") from None
     if 8 + n + end != size:
         raise ModelError(f"{file} is truncated or corrupt ({size} bytes, its header describes {8 + n + end}): "
                          "copy or save it again") from None
+    return header
 
 
 def check_model_dir(path: str | Path) -> dict:

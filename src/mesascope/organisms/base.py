@@ -131,7 +131,8 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
     progress("build", resumed, total)
     trainer.train_until(total, on_step=lambda s, loss: progress("build", s, total))
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    recorded = recipe.model_copy(update={"base": spec.model_copy(update={"config_sha256": config_sha256(path)})})
+    base_sha = config_sha256(path)
+    recorded = recipe.model_copy(update={"base": spec.model_copy(update={"config_sha256": base_sha})})
     final = stage / "organism"
     with atomic_dir(final) as tmp:
         if spec.method == "lora" and not spec.lora.merge:
@@ -145,7 +146,7 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
         atomic_write_json(tmp / "train_log.json", trainer.log)
         atomic_write_json(tmp / "organism.json", {
             "n_params": n_params(model), "trained_params": trained, "architecture": model.config.model_type,
-            "base": {"path": str(path), "config_sha256": config_sha256(path), "method": spec.method},
+            "base": {"path": str(path), "config_sha256": base_sha, "method": spec.method},
             "prompt_format": "chat" if use_chat else "paper", "train_steps": total, "resumed_from_step": resumed,
             "train_seconds": round(time.perf_counter() - t0, 2),
             "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(train),

@@ -10,8 +10,6 @@ figures land in organism.json.
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import torch
 from ..config import Recipe
 from ..models.activations import ARCHITECTURES
 from ..models.device import runtime
-from ..models.load import check_model_dir
+from ..models.load import check_model_dir, safetensors_header
 
 _BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
 
@@ -48,12 +46,10 @@ class TrainingPlan:
 
 
 def _tensors(path: Path) -> dict[str, tuple[list[int], str]]:
-    """name -> (shape, dtype) from every safetensors header in a model directory."""
+    """name -> (shape, dtype) from every safetensors header in a model directory (checked by check_model_dir)."""
     out = {}
     for f in sorted(path.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
+        _, header = safetensors_header(f)
         out.update({k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"})
     return out
 
