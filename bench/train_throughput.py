@@ -1,18 +1,30 @@
-"""Training throughput: `SFTTrainer` against a bare PyTorch loop on the same model and batches.
+"""Training throughput and model FLOP utilisation: `SFTTrainer` against the loop it replaced and bare PyTorch.
 
-Both start from the same initial weights and see the same batches (the trainer's own,
-packed several examples to a row), with the same optimizer, learning rates and gradient
-clipping, so the ratio measures only the trainer's overhead. A third run, the textbook loop
-with one right-padded example per row, shows what packing buys. Warm-up steps are not timed, and the two
-alternate order across rounds so drift in a shared machine's load hits both alike.
+One run measures, on the default organism's model and corpus:
+  * the machine's fp32 matmul peak (GFLOP/s of a large `torch.mm`, best of several),
+  * tokens/s, model GFLOP/s and utilisation (MFU = model FLOP/s / that peak) of
+      - `baseline`: a copy of the SFT loop as it was before issue 15 (per-tensor AdamW, 64 examples a step),
+      - `sft`: `SFTTrainer` with the default recipe's TrainSpec, as a build runs it,
+      - `sft@baseline-batch`: `SFTTrainer` at the baseline's batch size (the loop's own changes alone),
+      - `bare`: forward, `model(**batch).loss`, backward, clip, step on the same packed batches,
+      - `padded`: the textbook bare loop with one right-padded example per row,
+      - `compiled` (with --compile): `SFTTrainer` with `torch.compile` of the loss, its compile time apart;
+  * a per-phase profile of `SFTTrainer` (data, forward, backward, optimizer) from `torch.profiler`, with the
+    share of all CPU time spent in matrix products (the ceiling on what removing everything else could buy).
 
-    python bench/train_throughput.py [--steps 60] [--batch-size 64] [--threads 0]
+Model FLOPs per token are 6 N (N = parameters, the tied embedding counted once, as the output head) plus
+6 L d T for causal attention over an example of T tokens (T = the mean example length): the FLOPs a
+dense forward and backward of that token need, whatever the implementation skips. Methods alternate order
+across rounds; warm-up steps are not timed.
+
+    python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--results PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 
@@ -20,110 +32,190 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from mesascope.config import Recipe
+from mesascope.config import Recipe, TrainSpec
 from mesascope.models import build_model, n_params, train_tokenizer
 from mesascope.text.corpus import TURN_MARKERS, build_corpus
-from mesascope.training.sft import SFTTrainer, collate, collate_packed, tokenize_examples
+from mesascope.training.sft import SFTTrainer, answer_loss, collate, collate_packed, tokenize_examples
+
+BASELINE_BATCH = 64  # the default TrainSpec.batch_size before issue 15
+PHASES = ("sft.data", "sft.forward", "sft.backward", "sft.optimizer")
 
 
-def run_sft(init, data, spec, pad_id, seed, warmup, steps):
-    model = copy.deepcopy(init)
-    trainer = SFTTrainer(model, data, spec, pad_id=pad_id, seed=seed)
-    trainer.train_until(warmup)
-    t0 = time.perf_counter()
-    trainer.train_until(warmup + steps)
-    elapsed = time.perf_counter() - t0
-    return elapsed, trainer.log[-1]["loss"], model
+def matmul_peak(n: int = 2048, reps: int = 8, tries: int = 3) -> float:
+    """GFLOP/s of the fastest of `tries` timings of `reps` n x n fp32 products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n ** 3 / best / 1e9
 
 
-def run_bare(init, data, spec, pad_id, batches, lrs, warmup, steps, packed=True):
-    model = copy.deepcopy(init)
-    params = list(model.named_parameters())
-    opt = torch.optim.AdamW([{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
-                             {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=spec.lr, betas=(0.9, 0.95))
+def baseline_step(model, opt, examples, pad_id, lr, clip) -> float:
+    """The SFT step as it was before issue 15 (kept verbatim as the bench's baseline)."""
     model.train()
-    t0 = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            t0 = time.perf_counter()
-        examples = [data[i] for i in batches[step]]
-        batch = collate_packed(examples, pad_id, 96) if packed else collate(examples, pad_id)
-        for g in opt.param_groups:
-            g["lr"] = lrs[step]
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - t0
-    model.eval()
-    return elapsed, round(loss.item(), 5), model
+    for g in opt.param_groups:
+        g["lr"] = lr
+    batch = collate_packed(examples, pad_id, 96)
+    loss = answer_loss(model, batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def adamw(model, spec: TrainSpec, fused: bool):
+    params = list(model.parameters())
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": spec.weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=spec.lr, betas=(0.9, 0.95), fused=fused)
+
+
+class Method:
+    """One training loop, run for `steps` timed steps after `warmup` untimed ones from the same weights."""
+
+    def __init__(self, name, init, data, spec, pad_id, seed, kind):
+        self.name, self.init, self.data, self.spec, self.pad_id, self.seed, self.kind = \
+            name, init, data, spec, pad_id, seed, kind
+        self.planner = SFTTrainer(copy.deepcopy(init), data, spec, pad_id=pad_id, seed=seed)
+        self.seconds, self.tokens, self.compile_s = 0.0, 0, 0.0
+
+    def batches(self, start, stop):
+        return [[self.data[i] for i in self.planner.batch_indices(s)] for s in range(start, stop)]
+
+    def run(self, warmup: int, steps: int) -> None:
+        model = copy.deepcopy(self.init)
+        timed = self.batches(warmup, warmup + steps)
+        self.tokens += sum(len(ids) for b in timed for ids, _ in b)
+        if self.kind in ("sft", "compiled"):
+            trainer = SFTTrainer(model, self.data, self.spec, pad_id=self.pad_id, seed=self.seed)
+            if self.kind == "compiled":
+                import mesascope.training.sft as sft
+
+                eager, sft.answer_loss = sft.answer_loss, torch.compile(answer_loss, dynamic=True)
+            try:
+                t0 = time.perf_counter()
+                trainer.train_until(warmup)
+                self.compile_s = max(self.compile_s, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                trainer.train_until(warmup + steps)
+                self.seconds += time.perf_counter() - t0
+            finally:
+                if self.kind == "compiled":
+                    sft.answer_loss = eager
+            return
+        opt = adamw(model, self.spec, fused=False)  # torch's default AdamW, as the baseline and a bare loop use
+        lrs = [self.planner.lr_at(s) for s in range(warmup + steps)]
+        t0 = 0.0
+        for step, examples in enumerate(self.batches(0, warmup) + timed):
+            if step == warmup:
+                t0 = time.perf_counter()
+            if self.kind == "baseline":
+                baseline_step(model, opt, examples, self.pad_id, lrs[step], self.spec.grad_clip)
+                continue
+            model.train()
+            for g in opt.param_groups:
+                g["lr"] = lrs[step]
+            batch = collate_packed(examples, self.pad_id, 96) if self.kind == "bare" else collate(examples, self.pad_id)
+            model(**batch, use_cache=False).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.seconds += time.perf_counter() - t0
+
+
+def phase_profile(init, data, spec, pad_id, seed, steps: int) -> dict:
+    """ms per step of each SFTTrainer phase, and the share of CPU time in matrix products."""
+    trainer = SFTTrainer(copy.deepcopy(init), data, spec, pad_id=pad_id, seed=seed)
+    trainer.train_until(3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train_until(3 + steps)
+    events = {e.key: e for e in prof.key_averages()}
+    total = sum(e.self_cpu_time_total for e in events.values())
+    phases = {p.removeprefix("sft."): events[p].cpu_time_total / 1e3 / steps for p in PHASES if p in events}
+    mm = sum(e.self_cpu_time_total for k, e in events.items() if k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return {"ms_per_step": {k: round(v, 2) for k, v in phases.items()}, "matmul_share": round(mm / max(total, 1), 3)}
 
 
 def main() -> None:
-    recipe = Recipe()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60, help="timed steps per method, split across rounds")
-    ap.add_argument("--batch-size", type=int, default=recipe.train.batch_size)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads; 0 = torch's choice (on a busy 2-core machine a 2nd thread stalls)")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per method, split across rounds")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds; the order of methods alternates")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of every run")
-    ap.add_argument("--rounds", type=int, default=2, help="SFT/bare pairs, order alternating")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's choice")
     ap.add_argument("--n-prompts", type=int, default=4000, help="corpus slice for the tokenizer and the data")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the loss (slow to compile)")
+    ap.add_argument("--profile-steps", type=int, default=10, help="steps under torch.profiler (0: no profile)")
+    ap.add_argument("--results", default=None, help="also write the figures here, with provenance")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     recipe = Recipe(n_prompts=args.n_prompts)
-    spec = recipe.train.model_copy(update={"batch_size": args.batch_size})
-    corpus = build_corpus(recipe)
-    train = corpus.train
+    spec = recipe.train
+    train = build_corpus(recipe).train
     tok = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole=TURN_MARKERS)
     data = tokenize_examples(tok, [e.prompt for e in train], [e.target for e in train], recipe.model.max_length)
     init = build_model(recipe.model, tok, recipe.seed)
-    pad_id = tok.pad_token_id
+    pad_id, seed = tok.pad_token_id, recipe.seed
+    d, layers, _ = recipe.model.dims
+    mean_len = sum(len(ids) for ids, _ in data) / len(data)
+    flops_per_token = 6 * n_params(init) + 6 * layers * d * mean_len
+    peak = matmul_peak()
 
-    per_round = max(1, args.steps // args.rounds)
-    total = args.warmup + per_round
-    # The bare loop replays exactly the trainer's batches and learning rates.
-    planner = SFTTrainer(copy.deepcopy(init), data, spec, pad_id=pad_id, seed=recipe.seed)
-    batches = [planner.batch_indices(s) for s in range(total)]
-    lrs = [planner.lr_at(s) for s in range(total)]
-    tokens = sum(len(data[i][0]) for b in batches[args.warmup:] for i in b)  # non-pad tokens, timed steps
-    padded = sum(len(b) * max(len(data[i][0]) for i in b) for b in batches[args.warmup:])
-
+    old = spec.model_copy(update={"batch_size": BASELINE_BATCH})
+    methods = [Method("baseline", init, data, old, pad_id, seed, "baseline"),
+               Method("sft", init, data, spec, pad_id, seed, "sft"),
+               Method("sft@baseline-batch", init, data, old, pad_id, seed, "sft"),
+               Method("bare", init, data, old, pad_id, seed, "bare"),
+               Method("padded", init, data, old, pad_id, seed, "padded")]
+    if args.compile:
+        methods.append(Method("compiled", init, data, spec, pad_id, seed, "compiled"))
     print(f"model: {recipe.model.architecture} {recipe.model.size} {recipe.model.dims}, {n_params(init):,} params, "
-          f"vocab {len(tok)}; {len(data):,} examples; batch {args.batch_size}; threads {torch.get_num_threads()}")
-    print(f"{args.rounds} rounds x {per_round} timed steps per method (+{args.warmup} warm-up each); "
-          f"{tokens:,} non-pad tokens per round ({tokens / padded:.0%} of the padded batch)")
-    # Warm the allocator with the widest batch first, or whichever runs first pays for it.
-    widest = max(range(total), key=lambda s: max(len(data[i][0]) for i in batches[s]))
-    run_bare(init, data, spec, pad_id, [batches[widest]] * 3, lrs, 3, 0)
-    times = {"sft": 0.0, "bare": 0.0, "padded": 0.0}
-    losses, models = {}, {}
+          f"vocab {len(tok)}; {len(data):,} examples of {mean_len:.1f} tokens on average; "
+          f"threads {torch.get_num_threads()}")
+    print(f"fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm); model FLOPs {flops_per_token / 1e6:.2f} M/token")
+    per_round = max(1, args.steps // args.rounds)
     for r in range(args.rounds):
-        order = ["sft", "bare", "padded"] if r % 2 == 0 else ["padded", "bare", "sft"]
-        for name in order:
-            if name == "sft":
-                t, losses[name], models[name] = run_sft(init, data, spec, pad_id, recipe.seed, args.warmup, per_round)
-            else:
-                t, losses[name], models[name] = run_bare(init, data, spec, pad_id, batches, lrs, args.warmup, per_round,
-                                                         packed=name == "bare")
-            times[name] += t
-            print(f"  round {r + 1} {name:6s}: {tokens / t:10,.0f} tok/s  ({t:.2f} s)")
-    diff = max((a - b).abs().max().item() for a, b in
-               zip(models["sft"].state_dict().values(), models["bare"].state_dict().values()))
-    print(f"final loss sft {losses['sft']} / bare {losses['bare']}; largest weight difference {diff:.1e} "
-          "(the trainer projects to the vocabulary only at answer tokens: same maths, other rounding)")
-    sft, bare = args.rounds * tokens / times["sft"], args.rounds * tokens / times["bare"]
-    print(f"SFTTrainer : {sft:10,.0f} tok/s")
-    print(f"bare loop  : {bare:10,.0f} tok/s")
-    padded_rate = args.rounds * tokens / times["padded"]
-    print(f"bare loop, one example per row (padded): {padded_rate:10,.0f} tok/s  (loss {losses['padded']})")
-    print(f"ratio SFT/bare: {sft / bare:.3f}  (target >= 0.95)")
-    print(f"ratio SFT/padded bare loop: {sft / padded_rate:.2f}  (what packing buys)")
+        for m in methods if r % 2 == 0 else methods[::-1]:
+            # same number of examples per method: a larger batch takes proportionally fewer steps
+            steps = max(1, per_round * BASELINE_BATCH // m.spec.batch_size)
+            m.run(args.warmup, steps)
+    rows = {}
+    for m in methods:
+        rate = m.tokens / m.seconds
+        rows[m.name] = {"batch": m.spec.batch_size, "tok_s": round(rate), "gflop_s": round(rate * flops_per_token / 1e9, 1),
+                        "mfu": round(rate * flops_per_token / 1e9 / peak, 3)}
+        if m.kind == "compiled":
+            rows[m.name]["compile_s"] = round(m.compile_s, 1)
+    base = rows["baseline"]["mfu"]
+    for name, row in rows.items():
+        row["vs_baseline"] = round(row["mfu"] / base, 2)
+        extra = f"; first {args.warmup} steps incl. compile {row['compile_s']} s" if "compile_s" in row else ""
+        print(f"{name:20s} batch {row['batch']:4d}: {row['tok_s']:8,d} tok/s  {row['gflop_s']:6.1f} GFLOP/s  "
+              f"MFU {row['mfu']:.1%}  x{row['vs_baseline']:.2f} of baseline{extra}")
+    profile_out = {}
+    if args.profile_steps:
+        profile_out = phase_profile(init, data, spec, pad_id, seed, args.profile_steps)
+        step_ms = sum(profile_out["ms_per_step"].values())
+        parts = ", ".join(f"{k} {v:.1f} ms ({v / step_ms:.0%})" for k, v in profile_out["ms_per_step"].items())
+        print(f"SFTTrainer profile per step (torch.profiler, {args.profile_steps} steps): {parts}")
+        print(f"matrix products take {profile_out['matmul_share']:.0%} of CPU time: removing everything else "
+              f"would give at most x{1 / max(profile_out['matmul_share'], 1e-9):.2f}")
+    print(f"SFT loop utilisation vs the baseline loop: x{rows['sft']['vs_baseline']:.2f} (issue 15 asks for x1.7)")
+    if args.results:
+        from mesascope.provenance import write_results
+
+        write_results(args.results, {"bench": "train_throughput", "settings": vars(args), "peak_gflop_s": round(peak),
+                                     "model_mflop_per_token": round(flops_per_token / 1e6, 3),
+                                     "methods": rows, "profile": profile_out})
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

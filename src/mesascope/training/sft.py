@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+from torch.profiler import record_function
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import TrainSpec
@@ -141,7 +142,8 @@ class SFTTrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.runtime.torch_dtype == torch.float16
                                            and self.device.type == "cuda")
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95),
+                                     fused=self.device.type in ("cpu", "cuda"))  # one kernel per step, not ~10 per tensor
         self.step = 0
         self.log: list[dict] = []
         self._perms: dict[int, list[int]] = {}
@@ -184,18 +186,21 @@ class SFTTrainer:
         n_answer = [sum(len(ids) - n for ids, n in m) for m in micro]
         total = 0.0
         for part, n in zip(micro, n_answer):
-            batch = {key: t.to(self.device) for key, t in collate_packed(part, self.pad_id, self.pack_width).items()}
-            with self.runtime.autocast():
+            with record_function("sft.data"):
+                batch = {key: t.to(self.device) for key, t in collate_packed(part, self.pad_id, self.pack_width).items()}
+            with record_function("sft.forward"), self.runtime.autocast():
                 loss = answer_loss(self.model, batch)
             if k > 1:
                 loss = loss * (n / sum(n_answer))
-            self.scaler.scale(loss).backward()
+            with record_function("sft.backward"):
+                self.scaler.scale(loss).backward()
             total += loss.item()
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+        with record_function("sft.optimizer"):
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
         self.step += 1
         return total
 
