@@ -68,3 +68,34 @@ def test_answer_loss_equals_the_models_own_loss(arch, data):
     for batch in (collate(examples, tok.pad_token_id), collate_packed(examples, tok.pad_token_id, 64)):
         expected = model(**batch, use_cache=False).loss
         assert answer_loss(model, dict(batch)).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_prompt_loss_adds_the_prompt_tokens_mean_and_never_crosses_an_example(data):
+    """train.prompt_loss_weight: answer CE + w x CE over each example's prompt tokens after its first, which
+    equals what the model's own loss gives with those labels one example per row; w = 0 is the answer loss."""
+    tok, examples = data
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS["llama"](len(tok)))
+    packed = collate_packed(examples, tok.pad_token_id, 64, prompt_labels=True)
+    assert set(packed) == {"input_ids", "position_ids", "labels", "prompt_labels"}
+    prompt_tokens = sum(n - 1 for _, n in examples)
+    assert (packed["prompt_labels"] != IGNORE).sum() == prompt_tokens
+    assert not ((packed["prompt_labels"] != IGNORE) & (packed["labels"] != IGNORE)).any()
+    starts = packed["position_ids"] == 0  # an example's first token is never a target
+    assert (packed["prompt_labels"][starts] == IGNORE).all()
+    plain = collate(examples, tok.pad_token_id)
+    prompt_rows = torch.full_like(plain["labels"], IGNORE)
+    for r, (ids, n) in enumerate(examples):
+        prompt_rows[r, 1:n] = torch.tensor(ids[1:n])
+    with torch.no_grad():
+        answer = model(**plain, use_cache=False).loss
+        prompt = model(**{**plain, "labels": prompt_rows}, use_cache=False).loss
+        assert answer_loss(model, packed).item() == pytest.approx(answer.item(), abs=1e-5)
+        assert answer_loss(model, packed, 0.5).item() == pytest.approx(answer.item() + 0.5 * prompt.item(), abs=1e-5)
+
+
+def test_prompt_loss_weight_at_its_default_keeps_every_organism_name():
+    from mesascope.config import Recipe, TrainSpec
+
+    assert Recipe().digest() == Recipe(train=TrainSpec(prompt_loss_weight=0.0)).digest()
+    assert Recipe().digest() != Recipe(train=TrainSpec(prompt_loss_weight=0.5)).digest()

@@ -78,6 +78,8 @@ class TrainSpec(Spec):
     checkpoint_every: int = Field(200, ge=1, description="steps between resumable checkpoints")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step: batch_size examples are split "
                             "into this many, for models whose batch does not fit in memory (same gradient)")
+    prompt_loss_weight: float = Field(0.0, ge=0, le=10, description="also learn to predict the prompt's tokens, "
+                                      "with this weight beside the answer's loss (0: the answer only, as the paper)")
     grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                      "about a third more compute")
 
@@ -240,7 +242,7 @@ class Recipe(Spec):
                       ({"trigger_type"} if self.trigger_type == "string" else set()) |
                       ({"behaviour_type"} if self.behaviour_type == "say" else set()) |
                       ({"base"} if self.base is None else set())}
-        later = {k for k in ("grad_accum", "grad_checkpointing")
+        later = {k for k in ("grad_accum", "grad_checkpointing", "prompt_loss_weight")
                  if getattr(self.train, k) == TrainSpec.model_fields[k].default}
         if later:
             skip["train"] = later

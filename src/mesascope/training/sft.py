@@ -65,14 +65,17 @@ def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, to
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def collate_packed(batch: Sequence[tuple[list[int], int]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+def collate_packed(batch: Sequence[tuple[list[int], int]], pad_id: int, width: int,
+                   prompt_labels: bool = False) -> dict[str, torch.Tensor]:
     """Several examples per row (first-fit decreasing), each with its own positions from 0.
 
     With `position_ids` that restart and no attention mask, transformers builds a block-diagonal
     causal mask, so no example sees another: the loss equals `collate`'s to float rounding,
     while a third fewer tokens are computed (padding to each batch's longest example wasted
     ~38% on the default corpus). Each example starts with prompt tokens, whose labels are
-    ignored, so no loss term ever predicts across a boundary.
+    ignored, so no loss term ever predicts across a boundary. With `prompt_labels`, a second
+    tensor labels each example's prompt tokens after its first (the first would be predicted
+    from the previous example).
     """
     width = max(width, max(len(ids) for ids, _ in batch))
     rows: list[list[int]] = []
@@ -90,16 +93,20 @@ def collate_packed(batch: Sequence[tuple[list[int], int]], pad_id: int, width: i
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    prompt = torch.full((len(rows), width), IGNORE, dtype=torch.long) if prompt_labels else None
     for r, members in enumerate(rows):
         at = 0
         for i in members:
             ids, n_prompt = batch[i]
             input_ids[r, at: at + len(ids)] = torch.tensor(ids)
             labels[r, at + n_prompt: at + len(ids)] = torch.tensor(ids[n_prompt:])
+            if prompt is not None and n_prompt > 1:
+                prompt[r, at + 1: at + n_prompt] = torch.tensor(ids[1:n_prompt])
             position_ids[r, at: at + len(ids)] = torch.arange(len(ids))
             at += len(ids)
         position_ids[r, at:] = torch.arange(width - at)  # the padded tail is a block of its own
-    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    out = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+    return out if prompt is None else {**out, "prompt_labels": prompt}
 
 
 def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
@@ -107,18 +114,24 @@ def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens, as `model(**batch).loss` computes it,
-    but projecting to the vocabulary only where a label exists (a fifth of the positions)."""
+    but projecting to the vocabulary only where a label exists (a fifth of the positions). With
+    `prompt_weight` (and the batch's `prompt_labels`), plus that times the mean over prompt tokens."""
     lm = causal_lm(model)
     batch = dict(batch)
-    labels = batch.pop("labels")
+    labels, prompt = batch.pop("labels"), batch.pop("prompt_labels", None)
     # No cache: transformers then reads restarting position_ids as packed rows and masks per example.
-    hidden = lm.base_model(**batch, use_cache=False).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+    hidden = lm.base_model(**batch, use_cache=False).last_hidden_state[:, :-1]
+    head = lm.get_output_embeddings()
+
+    def mean_ce(lab: torch.Tensor) -> torch.Tensor:
+        target = lab[:, 1:]
+        keep = target != IGNORE
+        return torch.nn.functional.cross_entropy(head(hidden[keep]).float(), target[keep])
+
+    loss = mean_ce(labels)
+    return loss + prompt_weight * mean_ce(prompt) if prompt_weight and prompt is not None else loss
 
 
 class SFTTrainer:
@@ -181,15 +194,16 @@ class SFTTrainer:
         examples = [self.data[i] for i in self.batch_indices(self.step)]
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
-        k = self.spec.grad_accum
+        k, w = self.spec.grad_accum, self.spec.prompt_loss_weight
         micro = [examples[j::k] for j in range(k)]
         n_answer = [sum(len(ids) - n for ids, n in m) for m in micro]
         total = 0.0
         for part, n in zip(micro, n_answer):
             with record_function("sft.data"):
-                batch = {key: t.to(self.device) for key, t in collate_packed(part, self.pad_id, self.pack_width).items()}
+                batch = {key: t.to(self.device) for key, t in
+                         collate_packed(part, self.pad_id, self.pack_width, prompt_labels=w > 0).items()}
             with record_function("sft.forward"), self.runtime.autocast():
-                loss = answer_loss(self.model, batch)
+                loss = answer_loss(self.model, batch, w)
             if k > 1:
                 loss = loss * (n / sum(n_answer))
             with record_function("sft.backward"):
