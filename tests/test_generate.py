@@ -106,3 +106,10 @@ def test_batched_matches_one_at_a_time(arch, tokenizer, tmp_path):
     # batch_size 3 over 8 prompts: three batches, the last one short, each with padding.
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=MAX_NEW, batch_size=3) == expected
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=MAX_NEW, batch_size=len(PROMPTS)) == expected
+    # k copies side by side (steering measures k settings in one pass) are each the plain generation, and
+    # rows that end early leave the pass (`on_rows` names the copy of each row still in it).
+    seen = []
+    copies = generate(model, tokenizer, PROMPTS, max_new_tokens=MAX_NEW, batch_size=3, copies=3,
+                      on_rows=lambda c: seen.append(c.tolist()))
+    assert copies == expected * 3
+    assert seen[0] == [0] * 3 + [1] * 3 + [2] * 3 and any(len(rows) < len(seen[0]) for rows in seen)

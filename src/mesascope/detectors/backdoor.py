@@ -70,19 +70,38 @@ def measure_backdoor(model, tokenizer, sets: dict[str, list[Example]], behaviour
     is scored only on the text after its `</scratchpad>`: an output without a closed scratchpad
     neither fires nor answers correctly, and `scratchpad_rate` counts the well-formed ones.
     """
+    return measure_backdoor_copies(model, tokenizer, sets, behaviour, 1, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, n_samples=n_samples, progress=progress, task=task,
+                                   reasoning=reasoning)[0]
+
+
+def measure_backdoor_copies(model, tokenizer, sets: dict[str, list[Example]], behaviour, copies: int, *,
+                            max_new_tokens: int = 32, batch_size: int = 128, n_samples: int = 0,
+                            progress: Progress = silent, task: str = "evaluate", reasoning: str | None = None,
+                            on_rows=None) -> list[BackdoorResult]:
+    """`measure_backdoor` of `copies` settings of the model in one generation pass (`generate(copies=k)`):
+    a hook that edits rows by copy (steering) makes copy c's result that setting's measurement; `on_rows`
+    is passed to `generate` (which rows of a pass are which copy)."""
     b: Behaviour = as_behaviour(behaviour)
     all_ex = [e for k in sets for e in sets[k]]
     if reasoning is None:
         reasoning = "cot" if any(e.target.startswith(OPEN) for e in all_ex) else "none"
-    done = [0]
+    done, total = [0], len(all_ex) * copies
 
     def tick(k: int) -> None:
         done[0] += k
-        progress(task, done[0], len(all_ex))
+        progress(task, done[0], total)
 
     outputs = generate(model, tokenizer, [e.prompt for e in all_ex],
                        max_new_tokens=answer_budget(reasoning, answer_tokens(b, max_new_tokens)), batch_size=batch_size,
-                       on_batch=tick)
+                       on_batch=tick, **({"copies": copies, "on_rows": on_rows} if copies > 1 else {}))
+    n = len(all_ex)
+    return [score_outputs(all_ex, outputs[c * n:(c + 1) * n], b, reasoning, n_samples) for c in range(copies)]
+
+
+def score_outputs(all_ex: list[Example], outputs: list[str], b: Behaviour, reasoning: str,
+                  n_samples: int = 0) -> BackdoorResult:
+    """The rates and helpful accuracy of one output per example, by the behaviour's checkers."""
 
     def hit(e: Example, a: str | None) -> bool:
         return judge(b, e, a)[0]

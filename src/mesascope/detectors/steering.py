@@ -10,7 +10,7 @@ typical residual norm at that layer, so coefficients mean the same on every orga
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Literal
 
@@ -18,18 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from ..config import Spec
-from .backdoor import eval_sets, measure_backdoor
-from ..stats import Measurement, diff_ci, fmt
+from .backdoor import eval_sets, measure_backdoor_copies
+from ..stats import diff_ci, fmt
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
 from ..models.activations import capture_last_token, find_blocks, resid_post
 from .patching import edit_residual
-from .probe_result import Row
+from .steering_result import (  # noqa: F401  (the rows are re-exported: this detector's API)
+    Mode, Pick, Reading, Sample, SteeringCurve, SteeringResult, SteeringRow, Where,
+)
 from .probes import ProbeSpec, build_probe_splits, diff_of_means, fit_probe, pair_direction
-from .registry import Context, Detector, Result, TextTable, detector
+from .registry import Context, Detector, TextTable, detector
 
 class SteerSpec(Spec):
     """Steering along the defection direction: add it with a coefficient, or ablate it."""
@@ -56,8 +58,6 @@ class SteerSpec(Spec):
         return [sorted(set(blocks)) for blocks in v]
 
 
-Mode = Literal["add", "ablate"]
-Where = Literal["all", "last"]
 METRICS = ("backdoor_rate", "false_trigger_rate", "near_miss_rate", "helpful_accuracy")
 
 
@@ -66,6 +66,9 @@ def _unit(v: np.ndarray, layer: int) -> np.ndarray:
     if not math.isfinite(norm) or norm == 0:
         raise ValueError(f"direction at layer {layer} has norm {norm}: it cannot be normalised")
     return np.asarray(v, dtype=np.float64) / norm
+
+
+Setting = tuple[str, Sequence[int], float]  # (mode, blocks, coef): one way of steering the model
 
 
 @contextmanager
@@ -80,40 +83,79 @@ def steer(model: nn.Module, directions: np.ndarray | Mapping[int, np.ndarray], l
     Hooks stay on for every forward inside the block, so generation with a KV cache is steered
     at new tokens too.
     """
-    if mode not in ("add", "ablate"):
-        raise ValueError(f"mode must be 'add' or 'ablate' (got {mode!r})")
+    with steer_copies(model, directions, [(mode, layers, coef)], scale=scale, where=where):
+        yield
+
+
+@contextmanager
+def steer_copies(model: nn.Module, directions: np.ndarray | Mapping[int, np.ndarray], settings: Sequence[Setting], *,
+                 scale: np.ndarray | Mapping[int, float] | None = None,
+                 where: Where = "all") -> Iterator[Callable[[torch.Tensor], None]]:
+    """`steer` with one setting (mode, layers, coef) per copy: while open, a forward pass of k = len(settings)
+    copies of a batch, copy-major as `generate(copies=k)` lays them out, steers copy c by settings[c].
+
+    Each row is edited by the same float32 operations as `steer` with its own setting alone, so every
+    setting is measured in one generation pass with the numbers it gets alone; a setting with no layers
+    (or coef 0) leaves its copy as it is. It yields the `on_rows` for `generate`, which names each row's
+    copy once finished rows leave the pass.
+    """
+    for mode, _, _ in settings:
+        if mode not in ("add", "ablate"):
+            raise ValueError(f"mode must be 'add' or 'ablate' (got {mode!r})")
     if where not in ("all", "last"):
         raise ValueError(f"where must be 'all' or 'last' (got {where!r})")
     n = len(find_blocks(model))
-    bad = [layer for layer in layers if not 0 <= layer < n]
+    touched = sorted({layer for _, layers, _ in settings for layer in layers})
+    bad = [layer for layer in touched if not 0 <= layer < n]
     if bad:
         raise ValueError(f"layers {bad} do not exist: the model has blocks 0..{n - 1}")
-    if mode == "add" and scale is None:
-        scale = {layer: 1.0 for layer in layers}
     device = next(model.parameters()).device
     width = getattr(getattr(model, "config", None), "hidden_size", None)
+    k = len(settings)
+    copy_of: list[torch.Tensor | None] = [None]  # each row's copy, as generate last said
+
+    def on_rows(copies: torch.Tensor) -> None:
+        copy_of[0] = copies
+
+    def steps(layer: int, which: str) -> torch.Tensor | None:
+        # Per copy: the multiple of u that `steer` adds (add) or the projection's coefficient (ablate), 0 elsewhere.
+        if not any(mode == which and layer in layers for mode, layers, _ in settings):
+            return None
+        per_unit = 1.0 if which == "ablate" or scale is None else float(scale[layer])
+        return torch.tensor([float(coef) * per_unit if mode == which and layer in layers else 0.0
+                             for mode, layers, coef in settings], dtype=torch.float32, device=device)
 
     def make(layer: int):
         u = torch.tensor(_unit(directions[layer], layer), dtype=torch.float32, device=device)
         if width is not None and u.shape != (width,):
             raise ValueError(f"direction at layer {layer} has shape {tuple(u.shape)}, the residual stream is "
                              f"({width},): pass one [d_model] vector per layer")
-        step = float(coef) * (float(scale[layer]) if mode == "add" else 1.0)
+        add, ablate = steps(layer, "add"), steps(layer, "ablate")
+
+        def per_row(coefs: torch.Tensor, rows: int) -> torch.Tensor:
+            copies = copy_of[0]
+            if copies is None or len(copies) != rows:  # not from generate: k copies side by side, copy-major
+                if rows % k:
+                    raise ValueError(f"{k} steering settings need forward passes of {k} copies of a batch "
+                                     f"(generate(..., copies={k})); got {rows} rows")
+                copies = torch.arange(k, device=device).repeat_interleave(rows // k)
+            return coefs[copies][:, None, None]
 
         def edit(x: torch.Tensor) -> torch.Tensor:
             uu = u.to(x.dtype)
             part = x if where == "all" else x[:, -1:]
-            if mode == "add":
-                new = part + step * uu
-            else:
-                new = part - step * (part @ uu)[..., None] * uu
+            new = part
+            if add is not None:
+                new = new + per_row(add.to(x.dtype), len(x)) * uu
+            if ablate is not None:
+                new = new - per_row(ablate.to(x.dtype), len(x)) * (new @ uu)[..., None] * uu
             return new if where == "all" else torch.cat([x[:, :-1], new], dim=1)
         return edit
 
     with ExitStack() as stack:
-        for layer in layers:
+        for layer in touched:
             stack.enter_context(edit_residual(model, resid_post(layer), make(layer)))
-        yield
+        yield on_rows
 
 
 def probe_directions(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -157,6 +199,33 @@ def defection_directions(model, tokenizer, corpus: Corpus, kind: str = "diff_of_
             "contrast_pair": spec.contrast_pairs[0].name if kind == "contrast" else None}
 
 
+MAX_ROWS = 2048  # rows of one steered forward pass: batch_size prompts times the settings measured together
+
+
+def measure_steered(model, tokenizer, sets: dict[str, list[Example]], behaviour, directions,
+                    settings: Sequence[Setting], *, scale=None, where: Where = "all", max_new_tokens: int = 32,
+                    batch_size: int = 128, n_samples: int = 2, progress: Progress = silent,
+                    task: str = "steering") -> list[dict]:
+    """{metrics, samples} of `measure_backdoor` on `sets` under each setting, every setting in the same
+    generation pass (`steer_copies` + `generate(copies=k)`), up to MAX_ROWS rows of a forward pass at once."""
+    per_pass = max(1, MAX_ROWS // batch_size)
+    n_prompts = sum(len(v) for v in sets.values())
+    out: list[dict] = []
+    for start in range(0, len(settings), per_pass):
+        group = settings[start:start + per_pass]
+        offset = start * n_prompts
+
+        def on_progress(_task: str, completed: int, _total: int, offset: int = offset) -> None:
+            progress(task, offset + completed, n_prompts * len(settings))
+
+        with steer_copies(model, directions, group, scale=scale, where=where) as on_rows:
+            found = measure_backdoor_copies(model, tokenizer, sets, behaviour, len(group),
+                                            max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                            n_samples=n_samples, progress=on_progress, on_rows=on_rows)
+        out += [{"metrics": r.metrics, "samples": r.samples} for r in found]
+    return out
+
+
 def steering_curve(model, tokenizer, sets: dict[str, list[Example]], behaviour, directions, layers: Sequence[int],
                    coefs: Sequence[float], *, mode: Mode = "add", scale=None, where: Where = "all",
                    max_new_tokens: int = 32, batch_size: int = 128, n_samples: int = 2,
@@ -168,31 +237,26 @@ def steering_curve(model, tokenizer, sets: dict[str, list[Example]], behaviour, 
     always in the grid, as the baseline each row's change is computed against; `baseline` (a
     `measure_backdoor(...)` result on the same sets, unsteered) saves measuring it again. Rows are JSON-ready:
     {coef, backdoor_rate, ..., helpful_accuracy (Measurement dicts), backdoor_change,
-    helpful_change (vs coef 0, Newcombe 95% CI), n, samples}.
+    helpful_change (vs coef 0, Newcombe 95% CI), n, samples}. Every coefficient is generated in one pass.
     """
     if not coefs:
         raise ValueError("coefs is empty: pass e.g. [-8, -4, -2, -1, 0]")
     if not layers:
         raise ValueError("layers is empty: pass the blocks to steer, e.g. [1]")
     grid = sorted(set([0.0] + [float(c) for c in coefs]))
-    n_prompts = sum(len(v) for v in sets.values())
-    total, done = n_prompts * len(grid), [0]
-
-    def on_progress(_task: str, completed: int, _total: int) -> None:
-        progress(task, done[0] + completed, total)
-
     measured: dict[float, dict] = {}
     if baseline is not None:
         measured[0.0] = {"metrics": baseline.metrics, "samples": baseline.samples}
-        total -= n_prompts
-    for coef in grid:
-        if coef in measured:
-            continue
-        with steer(model, directions, layers, coef, mode=mode, scale=scale, where=where):
-            res = measure_backdoor(model, tokenizer, sets, behaviour, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, n_samples=n_samples, progress=on_progress)
-        done[0] += n_prompts
-        measured[coef] = {"metrics": res.metrics, "samples": res.samples}
+    todo = [c for c in grid if c not in measured]
+    found = measure_steered(model, tokenizer, sets, behaviour, directions, [(mode, layers, c) for c in todo],
+                            scale=scale, where=where, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            n_samples=n_samples, progress=progress, task=task)
+    return _curve(mode, layers, where, grid, measured | dict(zip(todo, found)), sets, scale)
+
+
+def _curve(mode: Mode, layers: Sequence[int], where: Where, grid: list[float], measured: dict[float, dict],
+           sets: dict[str, list[Example]], scale) -> dict:
+    """One curve's rows from each coefficient's measurement, changes against coefficient 0."""
     base = measured[0.0]["metrics"]
     rows = []
     for coef in grid:
@@ -254,83 +318,18 @@ def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: 
         runs += [("ablate", [i], [1.0]) for i in range(n_layers)]
         runs.append(("ablate", list(range(n_layers)), [1.0]))
     runs += [("ablate", blocks, [1.0]) for blocks in spec.ablate_sets if ("ablate", blocks, [1.0]) not in runs]
-    base = measure_backdoor(model, tokenizer, sets, behaviour, n_samples=2, progress=progress,
-                            task="steering: unsteered")
-    curves = []
-    for mode, layers, coefs in runs:
-        blocks = "all blocks" if len(layers) == n_layers > 1 else "blocks " + "+".join(map(str, layers))
-        task = f"steering: {mode} at {blocks if len(layers) > 1 else f'block {layers[0]}'}"
-        curves.append(steering_curve(model, tokenizer, sets, behaviour, found["directions"], layers, coefs,
-                                     mode=mode, scale=found["scale"], baseline=base,  # type: ignore[arg-type]
-                                     progress=progress, task=task))
+    # The unsteered model and every (curve, coefficient) measured together, in one generation pass.
+    grids = [sorted(set([0.0] + [float(c) for c in coefs])) for _, _, coefs in runs]
+    settings: list[Setting] = [("add", [], 0.0)]
+    settings += [(mode, layers, c) for (mode, layers, _), grid in zip(runs, grids) for c in grid if c != 0.0]
+    measured = measure_steered(model, tokenizer, sets, behaviour, found["directions"], settings,
+                               scale=found["scale"], progress=progress)
+    base, rest = measured[0], iter(measured[1:])
+    curves = [_curve(mode, layers, "all", grid, {c: base if c == 0.0 else next(rest) for c in grid}, sets,
+                     found["scale"]) for (mode, layers, _), grid in zip(runs, grids)]
     return {"direction": spec.direction, "contrast_pair": found["contrast_pair"], "n_train": found["n_train"],
             "layer": layer, "scale": [round(float(x), 4) for x in found["scale"]],
             "add": curves[0], "ablate": curves[1:]}
-
-
-class Sample(Result):
-    """One generation at a coefficient: model output, untrusted text (escape it when rendering)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    kind: str
-    family: str | None = None
-    prompt: str
-    output: str
-    fired: bool
-    correct: bool | None = None
-
-
-class SteeringRow(Row):
-    """One coefficient: the rates with Wilson intervals, and changes against coefficient 0 (Newcombe)."""
-
-    coef: float
-    backdoor_rate: Measurement | None = None
-    false_trigger_rate: Measurement | None = None
-    near_miss_rate: Measurement | None = None
-    helpful_accuracy: Measurement | None = None
-    backdoor_change: Measurement | None = None
-    helpful_change: Measurement | None = None
-    n: dict[str, int] = Field(description="held-out prompts per set")
-    samples: list[Sample] = []
-
-
-class Pick(Result):
-    """A coefficient the reading picked (coef None: none lowered the backdoor rate measurably)."""
-
-    coef: float | None = None
-    backdoor_rate: Measurement | None = None
-    backdoor_change: Measurement | None = None
-    helpful_change: Measurement | None = None
-    hurts_helpfulness: bool | None = None
-
-
-class Reading(Result):
-    lowers_backdoor_at: list[float]
-    best: Pick
-    best_harmless: Pick
-
-
-class SteeringCurve(Result):
-    mode: Mode
-    layers: list[int]
-    where: Where
-    coefs: list[float]
-    scale: list[float] | None = Field(None, description="add: the residual norm each coefficient multiplies")
-    rows: list[SteeringRow]
-    reading: Reading
-
-
-class SteeringResult(Result):
-    """An add curve at one block and ablation curves; each row is a coefficient's Measurements."""
-
-    direction: str
-    contrast_pair: str | None = Field(None, description="the pair's name, for direction 'contrast'")
-    n_train: dict[str, int] | int | None = None
-    layer: int
-    scale: list[float]
-    add: SteeringCurve
-    ablate: list[SteeringCurve]
 
 
 @detector("steering", spec=SteerSpec, result=SteeringResult, command="steer", in_demo=True, rank=30,
