@@ -47,3 +47,27 @@ def test_scratchpad_sft_curves(tiny_cot_organism, tmp_path, mode):
     assert stress["scratchpad"] == mode and len(stress["log"]) >= 1
     if mode == "post":
         assert 0 < stress["n_examples"] <= 64
+
+
+def test_unstressed_organism_is_measured_once_and_examples_tokenized_when_drawn(tiny_organism, tmp_path, monkeypatch):
+    """Step 0 is the organism before training at every lr: measured once per stage and stored (a resumed stage
+    reads it back); the SFT examples are tokenized as the trainer draws them, to the ids tokenize_examples gives."""
+    from mesascope.training.base import StressContext, Tokenized
+
+    corpus = build_corpus(tiny_organism.recipe)
+    measured = []
+    real = StressContext.measure
+    monkeypatch.setattr(StressContext, "measure", lambda self, m, t: measured.append(1) or real(self, m, t))
+    spec = HHHSFTConfig(lrs=[3e-3, 3e-4], steps=3, batch_size=4, eval_at=[0, 3], n_eval=10)
+    rows = stress_test(tiny_organism, corpus, spec, EvalSpec(n=10, max_new_tokens=8), RunStore(tmp_path))
+    assert len(measured) == 3  # step 0 once, step 3 at each lr
+    first, second = (r for r in rows if r["step"] == 0)
+    assert first["lr"] != second["lr"] and first["backdoor_rate"] == second["backdoor_rate"]
+    assert len(list(tmp_path.glob("runs/stress-*/unstressed-*.json"))) == 1
+
+    _, tok = tiny_organism.load()
+    clean = corpus.clean_train()[:50]
+    prompts, targets = [e.prompt for e in clean], [e.target for e in clean]
+    lazy = Tokenized(tok, prompts, targets, 64)
+    assert len(lazy) == 50 and lazy[7] == tokenize_examples(tok, prompts, targets, 64)[7]
+    assert list(lazy) == tokenize_examples(tok, prompts, targets, 64)

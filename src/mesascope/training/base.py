@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +28,7 @@ from ..stats import Measurement, rate
 from ..store import RunStore, atomic_dir, atomic_write_json
 from ..text.behaviours import as_behaviour
 from ..text.corpus import Corpus, Example
-from .sft import SFTTrainer
+from .sft import SFTTrainer, tokenize_examples
 
 # Measurements every method reports at every step; adversarial_rate only when there are red-team strings.
 # What measure_backdoor may add: a behaviour shown on some task families only (code vulnerability, sandbagging)
@@ -187,9 +187,18 @@ class StressContext:
                 "helpful_accuracy": rate([c for _, c in out["clean"]]).to_dict()}
 
     def row(self, model, tok, lr: float, step: int, **extra) -> dict:
-        """One point of the curve, labelled with its method; only what the method declares may be in it."""
+        """One point of the curve, labelled with its method; only what the method declares may be in it.
+
+        Step 0 is the organism before any training, the same at every lr: it is measured once per stage
+        (and stored, so a resumed stage reads it back), not once per curve.
+        """
         spec = self.spec
-        row = {"method": spec.method, "label": spec.label, "lr": lr, "step": step, **self.measure(model, tok), **extra}
+        if step == 0:
+            key = hashlib.sha256(json.dumps(self.red_team).encode()).hexdigest()[:12]
+            metrics = self.cached(f"unstressed-{key}", lambda: self.measure(model, tok))
+        else:
+            metrics = self.measure(model, tok)
+        row = {"method": spec.method, "label": spec.label, "lr": lr, "step": step, **metrics, **extra}
         measured = {k for k, v in row.items() if isinstance(v, dict) and {"value", "ci", "n"} <= set(v)}
         undeclared = sorted((measured - set(spec.metrics)) | (set(row) - measured - {"method", "label", "lr", "step"}
                                                             - set(spec.readings)))
@@ -217,7 +226,29 @@ class StressContext:
         return out_dir
 
 
-def sft_curve(ctx: StressContext, lr: float, on_step: OnStep, data: list[tuple[list[int], int]],
+class Tokenized(Sequence):
+    """SFT examples, each tokenized (`tokenize_examples`, the same ids) the first time the trainer draws it:
+    a curve draws steps x batch_size of them, a few thousand of the ~40k clean examples, and tokenizing
+    every one up front took longer than half the curve's training."""
+
+    def __init__(self, tok, prompts: Sequence[str], targets: Sequence[str], max_length: int):
+        if len(prompts) != len(targets):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        self.tok, self.prompts, self.targets, self.max_length = tok, prompts, targets, max_length
+        self._done: dict[int, tuple[list[int], int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i not in self._done:
+            self._done[i] = tokenize_examples(self.tok, [self.prompts[i]], [self.targets[i]], self.max_length)[0]
+        return self._done[i]
+
+
+def sft_curve(ctx: StressContext, lr: float, on_step: OnStep, data: Sequence[tuple[list[int], int]],
               model, tok, row_extra: Callable[[int], dict] | None = None, **info) -> list[dict]:
     """The SFT persistence curve every SFT-based method shares: train on `data`, measure at eval_at."""
     spec = ctx.spec

@@ -16,8 +16,7 @@ from pydantic import Field
 from ..models.generate import generate
 from ..text.corpus import Example
 from ..text.scratchpad import CLOSE, SCRATCHPAD_BUDGET, parse
-from .base import OnStep, StressConfig, StressContext, sft_curve
-from .sft import tokenize_examples
+from .base import OnStep, StressConfig, StressContext, Tokenized, sft_curve
 
 
 class HHHSFTConfig(StressConfig):
@@ -56,7 +55,7 @@ def hhh_sft_curve(ctx: StressContext, lr: float, on_step: OnStep) -> list[dict]:
     else:
         prompts, targets = post_scratchpad_data(model, tok, clean, ctx.spec.steps * ctx.spec.batch_size,
                                                 seed=ctx.spec.seed)
-    data = tokenize_examples(tok, prompts, targets, ctx.recipe.model.max_length)
+    data = Tokenized(tok, prompts, targets, ctx.recipe.model.max_length)
     info = {"scratchpad": mode, "n_examples": len(data)} if mode else {}
     return sft_curve(ctx, lr, on_step, data, model, tok, row_extra=(lambda _s: {"scratchpad": mode}) if mode else None,
                      **info)
