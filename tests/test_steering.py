@@ -264,3 +264,24 @@ def test_ablate_sets_ablate_the_blocks_together(loaded, monkeypatch):
     for bad in ([[]], [[-1, 2]]):
         with pytest.raises(ValidationError, match="one or more blocks"):
             SteerSpec(ablate_sets=bad)
+
+
+def test_steering_reads_the_probe_stage_capture(tiny_organism, tmp_path, monkeypatch):
+    """In a run store, steering fits its direction on the activations the probe stage stored (the same splits):
+    it captures nothing itself, and its result is the one it gets when it runs first and captures them."""
+    import mesascope.models.activations as activations
+    from mesascope.pipeline import Run
+    from mesascope.store import RunStore
+
+    probe_spec = ProbeSpec(n_train=20, n_test=10, n_random_directions=10)
+    spec = SteerSpec(coefs=[-1.0], ablate=False, n_eval=10, probe=probe_spec)
+    alone = Run.of(RunStore(tmp_path / "alone"), tiny_organism).detect("steering", spec)
+    run = Run.of(RunStore(tmp_path / "after"), tiny_organism)
+    run.detect("probes", probe_spec)
+    calls = []
+    real = activations.capture
+    monkeypatch.setattr(activations, "capture", lambda *a, **kw: calls.append(len(a[2])) or real(*a, **kw))
+    after = run.detect("steering", spec)
+    assert calls == []
+    assert after.model_dump() == alone.model_dump()
+    assert len(list((tmp_path / "after" / "runs").glob("activations-*"))) == 1

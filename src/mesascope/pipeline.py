@@ -164,7 +164,8 @@ class Run:
         return Run(self.store, Recipe.model_validate(data), self.progress).organism
 
     def context(self) -> Context:
-        return Context(self.organism, self.progress, corpus_fn=lambda: self.corpus, clean_null_fn=self.clean_null)
+        return Context(self.organism, self.progress, corpus_fn=lambda: self.corpus, clean_null_fn=self.clean_null,
+                       store=self.store)
 
     def detect(self, name: str, spec: Spec | None = None) -> Result:
         """Run one registered detector on the organism (stored, so each (organism, spec) runs once)."""

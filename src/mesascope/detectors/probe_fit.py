@@ -124,9 +124,20 @@ def pair_cosines(probes: dict[str, LinearProbe], layer: int) -> dict:
             "with_diff_of_means": {a: cosine(u, dom) for a, u in dirs.items()}}
 
 
-def _capture(model, tokenizer, splits: dict[str, list[str]], names: list[str], batch_size: int, tick) -> dict:
+def probe_split_names(splits: dict[str, list[str]]) -> list[str]:
+    """The splits a probe reads, in the order they are captured together."""
+    return ["train_pos", "train_neg", "test_pos", *(n for n in NEGATIVES if splits.get(n))]
+
+
+def capture_splits(model, tokenizer, splits: dict[str, list[str]], names: list[str], batch_size: int, tick,
+                   capture=None) -> dict:
+    """Last-token activations [layers, n, d] of each named split, captured in one pass over all of them;
+    `capture(prompts, batch_size=, on_batch=)` (a Context's stored capture) in place of capture_last_token."""
     prompts = [p for name in names for p in splits[name]]
-    acts = capture_last_token(model, tokenizer, prompts, batch_size=batch_size, on_batch=tick)
+    if capture is not None:
+        acts = capture(prompts, batch_size=batch_size, on_batch=tick)
+    else:
+        acts = capture_last_token(model, tokenizer, prompts, batch_size=batch_size, on_batch=tick)
     bounds = np.cumsum([0] + [len(splits[name]) for name in names])
     return {name: acts[:, bounds[k]:bounds[k + 1]] for k, name in enumerate(names)}
 
@@ -137,7 +148,7 @@ def fit_linear_probes(model, tokenizer, splits: dict[str, list[str]], spec: Spec
 
     Keys: "supervised", "diff_of_means", "pca", and "contrast:<pair name>" for each pair in `spec`.
     """
-    part = _capture(model, tokenizer, splits, ["train_pos", "train_neg"], batch_size, None)
+    part = capture_splits(model, tokenizer, splits, ["train_pos", "train_neg"], batch_size, None)
     probes = _fit(part["train_pos"], part["train_neg"],
                   {p.name: pair_direction(model, tokenizer, p) for p in spec.contrast_pairs})
     n_train = {"triggered": len(splits["train_pos"]), "clean": len(splits["train_neg"])}
@@ -203,10 +214,11 @@ def _best_layer(part: dict, spec: Spec) -> tuple[int, list[dict]]:
 
 
 def probe_model(model, tokenizer, splits: dict[str, list[str]], spec: Spec, batch_size: int, tick, *,
-                 diagnostics: bool) -> dict:
-    """All probe kinds at every layer of one model: kind -> per-layer score rows (and diagnostics)."""
+                diagnostics: bool, capture=None) -> dict:
+    """All probe kinds at every layer of one model: kind -> per-layer score rows (and diagnostics).
+    `capture`: how the model's activations are captured, as `capture_splits` takes it."""
     negatives = [n for n in NEGATIVES if splits.get(n)]
-    part = _capture(model, tokenizer, splits, ["train_pos", "train_neg", "test_pos", *negatives], batch_size, tick)
+    part = capture_splits(model, tokenizer, splits, probe_split_names(splits), batch_size, tick, capture)
     probes = _fit(part["train_pos"], part["train_neg"],
                   {p.name: pair_direction(model, tokenizer, p) for p in spec.contrast_pairs})
     test = {n: part[n] for n in ("test_pos", *negatives)}

@@ -29,8 +29,8 @@ from ..text.tasks import WORDS
 from ..text.triggers import apply_trigger
 from .contrast import CONTRAST_PAIRS, ContrastPair
 from .probe_fit import (  # noqa: F401  (the estimators, re-exported as this detector's API)
-    NEGATIVES, SPLITS, auroc_key, auroc_with_ci, contrast_direction, diff_of_means, fit_linear_probes, fit_probe,
-    pair_direction, probe_model, score_rows, supervised_probe,
+    NEGATIVES, SPLITS, auroc_key, auroc_with_ci, capture_splits, contrast_direction, diff_of_means, fit_linear_probes,
+    fit_probe, pair_direction, probe_model, probe_split_names, score_rows, supervised_probe,
 )
 from .probe_result import ProbesResult
 from .registry import Context, Detector, TextTable, detector
@@ -79,14 +79,15 @@ CHOSEN_KEYS = ("auroc_worst", "auroc", "auroc_near_miss", "auroc_other_prefix", 
 
 def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spec: ProbeSpec,
                progress: Progress = silent, *, clean_model=None, clean_tokenizer=None, batch_size: int = 128,
-               task: str = "probes") -> dict:
+               task: str = "probes", capture=None) -> dict:
     """Every probe kind at every `blocks.{i}.resid_post`, with its controls. JSON-serialisable.
 
     `splits` holds prompt strings: train_pos / train_neg (triggered / clean, to fit), test_pos /
     test_neg / test_near_miss and optionally test_other_prefix (held out, never in training).
     `random_model` has the organism's architecture and random weights; `clean_model` (optional,
     with its own `clean_tokenizer`) is an organism built from the same recipe without the trigger.
-    Each goes through the identical procedure on the identical prompts.
+    Each goes through the identical procedure on the identical prompts. `capture` (a Context's
+    `last_token_acts`) captures the organism's activations through the run store, for steering to reuse.
 
     Result schema:
       contrast_pair: the primary pair {name, question, defect_answer, honest_answer, paraphrases}
@@ -140,7 +141,7 @@ def run_probes(model, tokenizer, random_model, splits: dict[str, list[str]], spe
         progress(task, done[0], total)
 
     progress(task, 0, total)
-    trained = probe_model(model, tokenizer, splits, spec, batch_size, tick, diagnostics=True)
+    trained = probe_model(model, tokenizer, splits, spec, batch_size, tick, diagnostics=True, capture=capture)
     nulls = {name: probe_model(m, tok, splits, spec, batch_size, tick, diagnostics=False)
              for name, (m, tok) in controls.items()}
 
@@ -260,7 +261,7 @@ class Probes(Detector):
         cot = ctx.recipe.reasoning == "cot"
         if cot:
             splits = read_at_scratchpad_end(model, tok, splits)
-        result = run_probes(model, tok, random_model, splits, spec, ctx.progress, **clean)
+        result = run_probes(model, tok, random_model, splits, spec, ctx.progress, capture=ctx.last_token_acts, **clean)
         return ProbesResult(**result, read_at="</scratchpad>" if cot else "last prompt token")
 
     def section(self, result: dict) -> str:

@@ -30,7 +30,10 @@ from ..config import Spec
 from ..progress import Progress, silent
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..organisms.organism import Organism
+    from ..store import RunStore
     from ..text.corpus import Corpus
 
 
@@ -66,6 +69,7 @@ class Context:
     progress: Progress = silent
     corpus_fn: Callable[[], "Corpus"] | None = None
     clean_null_fn: Callable[[], "Organism"] | None = None
+    store: "RunStore | None" = None  # where activations one detector captured wait for the next
 
     @property
     def recipe(self):
@@ -83,6 +87,31 @@ class Context:
     def model(self):
         """(model, tokenizer) of the organism, loaded once."""
         return self.organism.load()
+
+    def last_token_acts(self, prompts: list[str], *, batch_size: int = 128,
+                        on_batch: Callable[[int], None] | None = None) -> "np.ndarray":
+        """The organism's residual stream after each block at each prompt's last token, [n_layers, n, d]
+        (`capture_last_token`), kept in the run store per (organism, prompts): detectors that read the same
+        prompts (the probe splits: probes, then steering) capture them once, whichever runs first."""
+        import numpy as np
+
+        from ..models.activations import ActivationStore, capture, capture_last_token, n_blocks, resid_post
+        from ..store import digest
+
+        model, tok = self.model
+        if self.store is None:
+            return capture_last_token(model, tok, prompts, batch_size=batch_size, on_batch=on_batch)
+        hooks = [resid_post(i) for i in range(n_blocks(model))]
+        stage = self.store.stage_dir("activations", digest(self.organism.fingerprint, prompts, batch_size))
+        if self.store.is_done(stage):
+            if on_batch:
+                on_batch(len(prompts))
+        else:  # one shard: the batches (so every float) are those of capture_last_token in memory
+            capture(model, tok, prompts, hooks, "last", batch_size=batch_size, out_dir=stage,
+                    shard_size=len(prompts), on_batch=on_batch)
+            self.store.mark_done(stage)
+        acts = ActivationStore(stage)
+        return np.stack([acts[h] for h in hooks])
 
     def clean_null(self) -> "Organism":
         """The same recipe trained without its trigger: the null organism (built on first use)."""

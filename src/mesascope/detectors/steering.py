@@ -25,12 +25,14 @@ from .backdoor import eval_sets, measure_backdoor_copies
 from ..stats import diff_ci, fmt
 from ..progress import Progress, silent
 from ..text.corpus import Corpus, Example
-from ..models.activations import capture_last_token, find_blocks, resid_post
+from ..models.activations import find_blocks, resid_post
 from .patching import edit_residual
 from .steering_result import (  # noqa: F401  (the rows are re-exported: this detector's API)
     Mode, Pick, Reading, Sample, SteeringCurve, SteeringResult, SteeringRow, Where,
 )
-from .probes import ProbeSpec, build_probe_splits, diff_of_means, fit_probe, pair_direction
+from .probes import (
+    ProbeSpec, build_probe_splits, capture_splits, diff_of_means, fit_probe, pair_direction, probe_split_names,
+)
 from .registry import Context, Detector, TextTable, detector
 
 class SteerSpec(Spec):
@@ -175,18 +177,20 @@ def residual_norms(acts: np.ndarray) -> np.ndarray:
 
 
 def defection_directions(model, tokenizer, corpus: Corpus, kind: str = "diff_of_means",
-                         spec: ProbeSpec = ProbeSpec(), batch_size: int = 128) -> dict:
+                         spec: ProbeSpec = ProbeSpec(), batch_size: int = 128, capture=None) -> dict:
     """Defection directions [n_layers, d] (pointing toward triggered) and residual scales [n_layers].
 
     kind: "diff_of_means" (mean triggered - mean clean), "probe" (logistic regression weights)
     or "contrast" (the spec's first contrast pair). Fitted on the organism's own training prompts
     (the probe splits' train part), never on the held-out prompts that steering is measured on.
+    Their activations are captured as the probes capture them, every split in one pass, so with
+    `capture` (a Context's `last_token_acts`) the probe stage's stored capture is read, not recaptured.
     """
     if kind not in ("diff_of_means", "probe", "contrast"):
         raise ValueError(f"kind must be 'diff_of_means', 'probe' or 'contrast' (got {kind!r})")
     splits = build_probe_splits(corpus, spec)
-    pos = capture_last_token(model, tokenizer, splits["train_pos"], batch_size=batch_size)
-    neg = capture_last_token(model, tokenizer, splits["train_neg"], batch_size=batch_size)
+    part = capture_splits(model, tokenizer, splits, probe_split_names(splits), batch_size, None, capture)
+    pos, neg = part["train_pos"], part["train_neg"]
     if kind == "diff_of_means":
         directions = diff_of_means(pos, neg)
     elif kind == "probe":
@@ -298,7 +302,7 @@ def _reading(rows: list[dict]) -> dict:
 
 
 def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: ProbeSpec,
-                 progress: Progress = silent) -> dict:
+                 progress: Progress = silent, capture=None) -> dict:
     """The steering stage for a `config.SteerSpec`: an add curve at one block, and ablations.
 
     The steered block defaults to the middle one, fixed before anything is measured (picking
@@ -311,7 +315,7 @@ def run_steering(model, tokenizer, corpus: Corpus, behaviour, spec, probe_spec: 
     missing = [blocks for blocks in spec.ablate_sets if max(blocks) >= n_layers]
     if missing:
         raise ValueError(f"steer.ablate_sets {missing} name blocks the model lacks: it has blocks 0..{n_layers - 1}")
-    found = defection_directions(model, tokenizer, corpus, spec.direction, probe_spec)
+    found = defection_directions(model, tokenizer, corpus, spec.direction, probe_spec, capture=capture)
     sets = eval_sets(corpus, spec.n_eval, seed=spec.seed)
     runs: list[tuple[str, list[int], list[float]]] = [("add", [layer], list(spec.coefs))]
     if spec.ablate:
@@ -343,7 +347,7 @@ class Steering(Detector):
     def run(self, ctx: Context, spec: SteerSpec) -> SteeringResult:
         model, tok = ctx.model
         return SteeringResult(**run_steering(model, tok, ctx.corpus, ctx.recipe, spec, spec.probe or ProbeSpec(),
-                                             ctx.progress))
+                                             ctx.progress, capture=ctx.last_token_acts))
 
     def section(self, result: dict) -> str:
         from ..report.detection import steering_section
