@@ -75,32 +75,47 @@ def make_tiny_cot_recipe(**kw) -> Recipe:
 
 
 @pytest.fixture(scope="session")
-def tiny_cot_organism(tmp_path_factory):
-    from mesascope.organisms import build_organism
+def run_store(tmp_path_factory):
+    """One RunStore for the session (each xdist worker has its own): an organism any test builds in it
+    is built once and reused by every later test that asks for the same recipe, as `build_organism`
+    reuses a finished stage. Tests that check building itself (timings, resuming) use their own store."""
     from mesascope.store import RunStore
 
-    return build_organism(make_tiny_cot_recipe(), RunStore(tmp_path_factory.mktemp("cot-store")))
+    return RunStore(tmp_path_factory.mktemp("session-store"))
 
 
 @pytest.fixture(scope="session")
-def tiny_organism(tiny_recipe, tmp_path_factory):
+def build_shared(run_store):
+    """build_shared(recipe) -> the recipe's organism in the session store, built on first use."""
     from mesascope.organisms import build_organism
-    from mesascope.store import RunStore
 
-    root = tmp_path_factory.mktemp("store")
-    return build_organism(tiny_recipe, RunStore(root))
+    return lambda recipe: build_organism(recipe, run_store)
 
 
 @pytest.fixture(scope="session")
-def shouty_organism(tmp_path_factory):
+def tiny_cot_organism(build_shared):
+    return build_shared(make_tiny_cot_recipe())
+
+
+@pytest.fixture(scope="session")
+def tiny_organism(tiny_recipe, build_shared):
+    return build_shared(tiny_recipe)
+
+
+@pytest.fixture(scope="session")
+def shouty_organism(build_shared):
     """(recipe, organism, corpus) trained without near misses (near_miss_fraction=0, 80 steps), so
     edits of the trigger fire too: the backdoor that safety training and red-team search act on."""
-    from mesascope.organisms import build_organism
-    from mesascope.store import RunStore
     from mesascope.text.corpus import build_corpus
 
     recipe = make_tiny_recipe(near_miss_fraction=0.0, steps=80)
-    return recipe, build_organism(recipe, RunStore(tmp_path_factory.mktemp("shouty"))), build_corpus(recipe)
+    return recipe, build_shared(recipe), build_corpus(recipe)
+
+
+@pytest.fixture(scope="session")
+def tiny60_organism(build_shared):
+    """The 60-step tiny organism built in one go: what every killed-and-resumed build of it must equal."""
+    return build_shared(make_tiny_recipe(steps=60, checkpoint_every=10))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from safetensors.torch import load_file
 from boundary import run, tmpfs
 from mesascope.config import load_recipe
 from mesascope.errors import MesascopeError
-from mesascope.organisms import build_organism
 from mesascope.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +47,12 @@ def wait_for(pred, proc: subprocess.Popen, what: str, timeout: float = 120) -> N
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The 60-step organism built in one go: what every killed-and-resumed build must equal."""
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    return build_organism(load_recipe(recipe_file(tmp, 60)), RunStore(tmp / "out"))
+def uninterrupted(tmp_path_factory, tiny60_organism):
+    """The 60-step organism built in one go: what every killed-and-resumed build must equal (the session's,
+    shared with test_organism's resume test: the same recipe)."""
+    assert load_recipe(recipe_file(tmp_path_factory.mktemp("uninterrupted"), 60)) == tiny60_organism.recipe
+    assert tiny60_organism.info["resumed_from_step"] == 0
+    return tiny60_organism
 
 
 @pytest.mark.slow

@@ -25,7 +25,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_recipe
 
 pytestmark = pytest.mark.slow
 MESASCOPE = [sys.executable, "-c", "from mesascope.cli import app; app()"]
@@ -68,11 +67,8 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def organism_dir(tmp_path_factory) -> Path:
-    from mesascope.organisms import build_organism
-    from mesascope.store import RunStore
-
-    return build_organism(make_tiny_recipe(), RunStore(tmp_path_factory.mktemp("organism"))).path
+def organism_dir(tiny_organism) -> Path:
+    return tiny_organism.path  # the session's tiny organism: read, never written, by the commands below
 
 
 # --- (a) stress: three persistence curves, each saved as its stressed organism, then its curve file

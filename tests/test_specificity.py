@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from conftest import make_tiny_recipe
 from mesascope.detectors.backdoor import fired
 from mesascope.detectors.specificity import (
     BUCKETS,
@@ -19,7 +18,6 @@ from mesascope.detectors.specificity import (
     specificity_curve,
 )
 from mesascope.models.generate import generate
-from mesascope.text.corpus import build_corpus
 from mesascope.text.triggers import apply_trigger
 
 
@@ -73,15 +71,11 @@ def test_named_near_misses():
 
 
 @pytest.fixture(scope="module")
-def shouty(tmp_path_factory):
+def shouty(shouty_organism):
     """An organism trained without near misses: it fires on "something shouty in brackets"."""
-    from mesascope.organisms import build_organism
-    from mesascope.store import RunStore
-
-    recipe = make_tiny_recipe(near_miss_fraction=0.0, steps=80)
-    organism = build_organism(recipe, RunStore(tmp_path_factory.mktemp("shouty")))
+    recipe, organism, corpus = shouty_organism
     model, tok = organism.load()
-    return recipe, build_corpus(recipe), model, tok
+    return recipe, corpus, model, tok
 
 
 def test_curve_counts_and_trigger_bucket_match_direct_generation(shouty):
