@@ -189,7 +189,8 @@ class SFTTrainer:
 
     def train_step(self) -> float:
         """One optimizer step on batch `step`; with grad_accum > 1 the batch runs as that many micro-batches,
-        each loss weighted by its share of the answer tokens, so the gradient is the whole batch's."""
+        each loss weighted by its share of the answer tokens, so the gradient is the whole batch's (a prompt loss
+        term rides on the same weight: the whole batch's in expectation)."""
         self.model.train()
         examples = [self.data[i] for i in self.batch_indices(self.step)]
         for g in self.opt.param_groups:
