@@ -14,8 +14,9 @@ from mesascope.store import RunStore
 from mesascope.study.replicate import load_replicates, replicate
 
 
-def test_mean_and_interval_over_seeds(tiny_recipe, tmp_path):
-    found = replicate(tiny_recipe, [0, 1, 2], RunStore(tmp_path), EvalSpec(n=20, max_new_tokens=8))
+def test_mean_and_interval_over_seeds(tiny_recipe, run_store):
+    # The session store: seed 0 is the session's tiny organism, reused when another test has built it.
+    found = replicate(tiny_recipe, [0, 1, 2], run_store, EvalSpec(n=20, max_new_tokens=8))
     assert found.seeds == [0, 1, 2] and set(found.per_seed) == {"0", "1", "2"}
     for name, m in found.mean.items():
         values = [found.per_seed[s][name].value for s in ("0", "1", "2")]
@@ -32,7 +33,7 @@ def test_mean_and_interval_over_seeds(tiny_recipe, tmp_path):
             assert m.pooled.n == sum(found.per_seed[s][name].n for s in ("0", "1", "2"))
             assert m.pooled.value == pytest.approx(hits / m.pooled.n) and m.pooled.ci[0] <= m.pooled.value
     # Seeds are independent replicates: different organisms, so different weights.
-    again = replicate(tiny_recipe, [1], RunStore(tmp_path), EvalSpec(n=20, max_new_tokens=8))
+    again = replicate(tiny_recipe, [1], run_store, EvalSpec(n=20, max_new_tokens=8))
     assert again.per_seed["1"] == found.per_seed["1"]  # reused from the store, not retrained
 
 
