@@ -5,6 +5,8 @@ the standard steering vector; or a probe's weights; or a contrast pair's differe
 is fixed when it is built, before anything is measured: a negative coefficient steers away
 from defection. Added vectors are `coef * unit_direction * scale[layer]`, where scale is the
 typical residual norm at that layer, so coefficients mean the same on every organism.
+The unsteered model and every (curve, coefficient) are generated in one pass, each setting on its
+own copy of every batch, and the direction is fitted on the probe stage's stored capture.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Batched generation with a KV cache (greedy, or sampled at a temperature), stopping as soon as every row has ended.
 
 Prompts are sorted by length so a batch wastes little on left padding, and a batch stops as
-soon as its last row has said EOS. Measured (bench/generate.py): as fast as `model.generate`
+soon as its last row has said EOS; greedy decoding also stops computing rows that have ended, and
+`copies` runs a batch several times side by side (steering's settings in one pass). Measured (bench/generate.py): as fast as `model.generate`
 on the same batches, and 5-15x faster than one prompt at a time (5.5x on the trained demo
 organism, whose answers are short; 15x on a random model that never stops early); the time goes to the matrix
 multiplies, not to `model.generate`'s bookkeeping. This loop exists to be short and to give
