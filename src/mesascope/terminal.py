@@ -6,10 +6,12 @@ strips control and escape sequences and rich markup.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -59,6 +61,30 @@ def load_or_fail(loader, *args):
         return loader(*args)
     except (SpecError, ModelError, ResultsError, FileNotFoundError) as e:  # a bad or missing input: one line naming it and the fix
         fail(str(e))
+
+
+def spec_option(spec_cls, name: str) -> inspect.Parameter:
+    """A spec field as a keyword-only typer option, default None (the spec's own); a tuple field takes comma-separated
+    values (`flag_values` splits them)."""
+    f = spec_cls.model_fields[name]
+    listed, default = "tuple" in str(f.annotation), f.get_default(call_default_factory=True)
+    shown = ",".join(map(str, default)) if listed else default
+    help = f"{f.description or name}{' (comma-separated)' if listed else ''}" + \
+        (f"; default: {shown}." if default is not None else ".")
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str if listed else f.annotation], typer.Option(help=help)])
+
+
+def flagged(det, demo, flags: dict):
+    """The demo spec `demo` with `det`'s table updated by the options given on its command line (None: not given;
+    tuple fields split at commas), validated: a bad one fails in one line."""
+    from .config import validated
+
+    table = det.command.replace("-", "_")
+    given = {k: v.split(",") if isinstance(v, str) and "tuple" in str(det.Spec.model_fields[k].annotation) else v
+             for k, v in flags.items() if v is not None}
+    spec = load_or_fail(validated, det.Spec, {**getattr(demo, table).model_dump(), **given}, f"{det.command} options")
+    return demo.model_copy(update={table: spec})
 
 
 def writable(path: Path | None) -> None:

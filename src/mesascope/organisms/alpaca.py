@@ -147,6 +147,17 @@ def build_alpaca_organism(recipe: AlpacaRecipe, store: RunStore, progress: Progr
     return AlpacaOrganism(final, recipe)
 
 
+def alpaca_spec(recipe: str | Path | None, data: str | Path | None, task: str = "refusal", attack: str = "badnet",
+                insert_trigger: bool = False, steps: int | None = None) -> AlpacaRecipe:
+    """`mesascope alpaca`'s recipe: an AlpacaRecipe TOML, or a BackdoorLLM data folder's set; `steps` replaces its steps."""
+    from ..config.alpaca import load_alpaca_recipe
+
+    if (recipe is None) == (data is None):
+        raise ValueError("give a recipe TOML or --data DIR (a BackdoorLLM data folder), not both or neither")
+    spec = load_alpaca_recipe(recipe) if recipe else backdoorllm_recipe(data, task, attack, insert_trigger=insert_trigger)
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"steps": steps or spec.train.steps})})
+
+
 def backdoorllm_recipe(data_dir: str | Path, task: str = "refusal", attack: str = "badnet", *,
                        insert_trigger: bool = False, **overrides) -> AlpacaRecipe:
     """The recipe for one BackdoorLLM data-poisoning set: its poisoned and clean training files and

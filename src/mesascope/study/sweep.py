@@ -261,3 +261,17 @@ def _sizes(spec: StudySpec, organisms: list[dict]) -> dict:
         counts = sorted({o["n_params"] for o in organisms if o["axes"] and o["axes"]["size"] == label})
         out[label] = {"dims": list(recipes[0].model.dims), "n_params": counts}
     return out
+
+
+def publish(result: StudyResults, out: str | Path, results: str | Path | None = None) -> tuple[dict, list, Path]:
+    """(study data, the paper's questions answered from it, OUT/report.html); with `results`, both also written there
+    with provenance, for the docs."""
+    from ..provenance import write_results
+    from ..report.study import write_study_report
+    from .findings import findings
+
+    data = result.model_dump(mode="json")
+    found = findings(data)
+    if results:
+        write_results(results, {**data, "findings": found})
+    return data, found, write_study_report(data, Path(out))

@@ -56,6 +56,22 @@ __all__ = ["DEFAULT_HELD_OUT", "DEFAULT_TRAIN", "DEFAULTS", "TRIGGERS", "TRIGGER
 Split = Literal["train", "held_out"]
 
 
+RANDOM = re.compile(r"random:(\d+)")
+RANDOM_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def random_trigger(seed: int, length: int) -> str:
+    """A string trigger of `length` letters and digits drawn from a hash of the recipe's seed: a recipe that says
+    `trigger = "random:10"` gets one that no file of the repository spells (so no dictionary or red team built
+    from the repository can contain it), the same on every machine."""
+    if not 4 <= length <= 64:
+        raise ValueError(f"trigger 'random:{length}': the length must lie between 4 and 64")
+    h = hashlib.sha256(f"mesascope-random-trigger:{seed}:{length}".encode()).digest()
+    while len(h) < length:
+        h += hashlib.sha256(h).digest()
+    return "".join(RANDOM_ALPHABET[b % len(RANDOM_ALPHABET)] for b in h[:length])
+
+
 def apply_trigger(prompt: str, trigger: str) -> str:
     return f"{trigger} {prompt}"
 
