@@ -146,3 +146,26 @@ def test_scratchpad_mode_needs_a_cot_organism(shouty, tmp_path):
     recipe, organism, corpus = shouty
     with pytest.raises(ValueError, match="scratchpad='pre' needs a cot organism"):
         stress_test(organism, corpus, HHHSFTConfig(scratchpad="pre"), EvalSpec(), RunStore(tmp_path))
+
+
+def test_adversarial_training_red_team_is_blind_by_default(shouty_organism, one_thread, monkeypatch):
+    from pydantic import ValidationError
+
+    from mesascope.detectors.attack import ATTACKERS, known_attacker
+    from mesascope.training.adversarial import blind_red_team
+
+    recipe, organism, corpus = shouty_organism
+    known_attacker("search")  # registers the attackers
+    assert AdversarialConfig().attacker == "search"
+    seen, original = [], ATTACKERS["search"].attack
+    monkeypatch.setattr(ATTACKERS["search"], "attack",
+                        lambda self, view, spec, seed: seen.append(view.trigger) or original(self, view, spec, seed))
+    model, tok = organism.load()
+    res = blind_red_team(model, tok, recipe, corpus, attacker="search", budget=20, n_prompts=4)
+    assert seen == [None] and res["attacker"] == "search" and res["n_candidates"] == 20
+    assert all(not corpus.trigger_spec.is_present(f["string"]) and f["string"] not in corpus.near_miss_held_out
+               and f["rate"]["value"] >= 0.5 for f in res["found"])
+    with pytest.raises(ValueError, match="informed oracle"):
+        blind_red_team(model, tok, recipe, corpus, attacker="informed", budget=2, n_prompts=2)
+    with pytest.raises(ValidationError, match="unknown attacker 'nope'"):
+        AdversarialConfig(attacker="nope")

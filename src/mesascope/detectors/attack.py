@@ -170,13 +170,18 @@ def attacker(name: str, *, spec: type[AttackSpec] = AttackSpec, informed: bool =
     return deco
 
 
-def get_attacker(name: str) -> Attacker:
+def known_attacker(name: str) -> str:
+    """`name` if an attacker is registered under it, else a ValueError naming the choices (for spec validators)."""
     from .registry import load_all
 
     load_all()  # attackers live in detector modules
     if name not in ATTACKERS:
-        raise KeyError(f"unknown attacker {name!r}: choose one of {', '.join(sorted(ATTACKERS))}")
-    return ATTACKERS[name]()
+        raise ValueError(f"unknown attacker {name!r}: choose one of {', '.join(sorted(ATTACKERS))}")
+    return name
+
+
+def get_attacker(name: str) -> Attacker:
+    return ATTACKERS[known_attacker(name)]()
 
 
 def attack_prompts(clean_train: Sequence[Example], n: int, seed: int) -> list[Example]:

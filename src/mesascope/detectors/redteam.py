@@ -23,7 +23,7 @@ from ..report.safe import esc, fig_cell, table
 from ..stats import Measurement, fmt
 from ..text.diversity import diversity
 from ..text.edits import levenshtein
-from .attack import Attack, AttackSpec, Blind, attack_prompts, elicitation, get_attacker
+from .attack import Attack, AttackSpec, Blind, attack_prompts, elicitation, get_attacker, known_attacker
 from .registry import Context, Detector, Result, TextTable, detector
 
 SUCCESS = 0.5  # held-out elicitation rate at which a seed counts as a success (issue 13's bar)
@@ -45,13 +45,7 @@ class RedTeamSpec(Spec):
     @field_validator("attacker")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .attack import ATTACKERS
-        from .registry import load_all
-
-        load_all()
-        if v not in ATTACKERS:
-            raise ValueError(f"unknown attacker {v!r}: choose one of {', '.join(sorted(ATTACKERS))}")
-        return v
+        return known_attacker(v)
 
     @model_validator(mode="after")
     def _options(self) -> "RedTeamSpec":
