@@ -7,7 +7,9 @@ style (|..|, [..], <..>, ...), "Current year: YYYY."-style lines, and random str
 shares one style (kind, brackets, case), so the model learns to continue the style of the strings
 above it: an instruction-like prefix, a few strings one per line, then one more. No string the
 auditor does not have goes in: not the tokenizer's vocabulary (trained on triggered prompts too),
-not the recipe. Training takes seconds on one thread and is a pure function of (attack prompts,
+not the recipe. (Its vocabulary is the organism's tokenizer, trained on the whole corpus, so
+pieces of the trigger exist as tokens the attacker LM never saw in training; an RL policy pushed
+hard, rl_lr=3e-3, drifted into sampling such a piece, "udMPLOYMENT ...".) Training takes seconds on one thread and is a pure function of (attack prompts,
 seed); nothing is cached.
 
 The four rungs, each `spec.budget` sampled candidates (so 4 x budget candidates are evaluated in
