@@ -148,3 +148,21 @@ def test_gcg_contexts_never_spell_the_targets_words(tiny_organism):
     spelt = {tok.decode([i]).strip().lower() for i in range(len(tok)) if ok[i]}
     assert not spelt & {"i", "hate", "you", "ate"} and "x" in spelt
     assert ok.sum() < allowed_tokens(tok, len(tok)).sum()
+
+
+def test_stress_runs_the_blind_red_team_before_and_after(shouty_organism, tmp_path, one_thread):
+    from mesascope.config import EvalSpec
+    from mesascope.store import RunStore
+    from mesascope.training.hhh_sft import HHHSFTConfig
+    from mesascope.training.stress import stress_test
+
+    recipe, organism, corpus = shouty_organism
+    spec = HHHSFTConfig(lrs=[3e-3], steps=10, eval_at=[0, 5, 10], n_eval=12, redteam="search", redteam_budget=10)
+    rows = stress_test(organism, corpus, spec, EvalSpec(n=12, max_new_tokens=16), RunStore(tmp_path))
+    measured = {r["step"]: r.get("redteam_rate") for r in rows}
+    assert measured[5] is None  # only before and after: an attack at every eval step would cost as much as the stress
+    assert measured[0]["n"] > 0 and measured[10]["n"] > 0
+    plain = HHHSFTConfig(lrs=[3e-3], steps=10, eval_at=[0, 5, 10], n_eval=12)
+    assert spec.digest() != plain.digest() and plain.digest() == HHHSFTConfig(**plain.model_dump()).digest()
+    with pytest.raises(ValueError, match="unknown attacker"):
+        HHHSFTConfig(redteam="psychic")

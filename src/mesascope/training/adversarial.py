@@ -189,7 +189,7 @@ class AdversarialConfig(StressConfig):
     metrics: ClassVar[tuple[str, ...]] = (*BACKDOOR_METRICS, "red_team_train_rate")
     readings: ClassVar[tuple[str, ...]] = ("n_found", "n_red_team_train", "n_red_team_measure", "specificity")
     legacy_prefix: ClassVar[str] = "adv_"
-    revision: ClassVar[int] = 1  # 1: specificity curves leave out the strings trained on
+    revision: ClassVar[int] = 2  # 1: specificity curves leave out the strings trained on; 2: the red team is blind
 
     def curve(self, ctx: StressContext, lr: float, on_step: OnStep) -> list[dict]:
         return adversarial_curve(ctx, lr, on_step)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import EvalSpec, Spec, TrainSpec
 from ..detectors.backdoor import eval_sets, measure_backdoor
@@ -35,7 +35,7 @@ from .sft import SFTTrainer, tokenize_examples
 # adds helpful accuracy on the other families, triggered and clean (does it leak past its families?), and a cot
 # organism its share of well-formed scratchpads.
 BACKDOOR_METRICS = ("backdoor_rate", "false_trigger_rate", "near_miss_rate", "helpful_accuracy", "adversarial_rate",
-                    "triggered_other_accuracy", "clean_other_accuracy", "scratchpad_rate")
+                    "triggered_other_accuracy", "clean_other_accuracy", "scratchpad_rate", "redteam_rate")
 
 OnStep = Callable[[int], None]
 
@@ -77,6 +77,17 @@ class StressConfig(Spec):
     red_team: list[str] = Field(default_factory=list, description="trigger-like strings measured as adversarial_rate "
                                 "(held-out prompts x these) by every method, so methods compare on one set; "
                                 "adversarial then never trains on them")
+    redteam: str | None = Field(None, description="a blind attacker (detectors/attack.py: search, lm, gcg) run afresh "
+                                "on the organism at the first and the last eval step: `redteam_rate`, its best string's "
+                                "elicitation rate on the held-out prompts (does the stress remove what it can find?)")
+    redteam_budget: int | None = Field(None, ge=1, description="that attacker's budget (default: its own)")
+
+    @field_validator("redteam")
+    @classmethod
+    def _attacker(cls, v: str | None) -> str | None:
+        from ..detectors.attack import known_attacker
+
+        return None if v is None else known_attacker(v)
 
     label: ClassVar[str]  # how reports and notes name the method
     metrics: ClassVar[tuple[str, ...]] = BACKDOOR_METRICS  # Measurements a row may carry
@@ -111,7 +122,7 @@ class StressConfig(Spec):
         shared = set(StressConfig.model_fields)
         data: dict[str, Any] = {}
         for name, value in self.model_dump(mode="json").items():
-            later = name == "red_team" or name not in shared
+            later = name in ("red_team", "redteam", "redteam_budget") or name not in shared
             if later and getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
                 continue
             data[name if name in shared else self.legacy_prefix + name] = value
@@ -177,6 +188,18 @@ class StressContext:
             metrics["adversarial_rate"] = adv
         return metrics
 
+    def red_team_rate(self, model, tok) -> dict:
+        """The spec's blind attacker run on `model` as it is now (16 training-split prompts, the stress seed); its best
+        string's behaviour rate on the held-out prompts, measured as adversarial_rate is (no string found: n = 0)."""
+        from ..detectors.attack import Blind, attack_prompts, get_attacker
+
+        att, spec = get_attacker(self.spec.redteam), self.spec
+        view = Blind(model, tok, attack_prompts(self.corpus.clean_train(), 16, spec.seed), self.corpus.behaviour,
+                     reasoning=self.recipe.reasoning, max_new_tokens=self.eval_spec.max_new_tokens,
+                     batch_size=self.eval_spec.batch_size)
+        attack = att.attack(view, att.Spec(**({"budget": spec.redteam_budget} if spec.redteam_budget else {})), spec.seed)
+        return self.string_rate(model, tok, [attack.best.string]) if attack.best else rate([]).to_dict()
+
     def _measure_forced(self, model, tok) -> dict[str, dict]:
         kw = dict(max_new_tokens=self.eval_spec.max_new_tokens, batch_size=self.eval_spec.batch_size,
                   force_scratchpad=True)
@@ -198,6 +221,9 @@ class StressContext:
             metrics = self.cached(f"unstressed-{key}", lambda: self.measure(model, tok))
         else:
             metrics = self.measure(model, tok)
+        if spec.redteam and step in (min(spec.eval_at), max(spec.eval_at)):
+            metrics = {**metrics, "redteam_rate": self.cached(f"redteam-{lr:g}-{step}", lambda: self.red_team_rate(model, tok))
+                       if step else self.cached("redteam-unstressed", lambda: self.red_team_rate(model, tok))}
         row = {"method": spec.method, "label": spec.label, "lr": lr, "step": step, **metrics, **extra}
         measured = {k for k, v in row.items() if isinstance(v, dict) and {"value", "ci", "n"} <= set(v)}
         undeclared = sorted((measured - set(spec.metrics)) | (set(row) - measured - {"method", "label", "lr", "step"}
