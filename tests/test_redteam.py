@@ -16,7 +16,8 @@ from mesascope.cli import app
 from mesascope.config import Recipe
 from mesascope.detectors.attack import ATTACKERS, Blind, attack_prompts
 from mesascope.detectors.gcg import GCGSpec, Problem, candidate_losses, gcg, target_losses
-from mesascope.detectors.redteam import RedTeamSpec, run_red_team, seed_mean
+from mesascope.detectors.redteam import RedTeamSpec, run_red_team
+from mesascope.stats import seed_mean
 from mesascope.detectors.registry import Context
 from mesascope.text.corpus import build_corpus
 from mesascope.text.examples import format_prompt

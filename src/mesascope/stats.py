@@ -120,3 +120,17 @@ def worst_of(measurements: dict[str, Measurement], intervals: dict[str, tuple[fl
     worst = min(measurements, key=lambda k: measurements[k].value)
     lo, hi = min(i[0] for i in intervals.values()), min(i[1] for i in intervals.values())
     return Measurement(measurements[worst].value, (lo, hi), measurements[worst].n)
+
+
+def seed_mean(values: list[float]) -> Measurement:
+    """Mean over independent runs with a Student-t 95% interval, clipped to [0, 1] (NaN interval below 2)."""
+    from scipy.stats import t as student_t
+
+    k = len(values)
+    if k == 0:
+        return Measurement(float("nan"), (float("nan"), float("nan")), 0)
+    m = sum(values) / k
+    if k < 2:
+        return Measurement(m, (float("nan"), float("nan")), k)
+    half = student_t.ppf(0.975, k - 1) * math.sqrt(sum((v - m) ** 2 for v in values) / (k - 1)) / math.sqrt(k)
+    return Measurement(m, (max(0.0, m - half), min(1.0, m + half)), k)

@@ -281,7 +281,7 @@ def summarise(per_seed: Sequence[dict]) -> dict:
     t interval (NaN interval under 2 seeds), the pooled Wilson share over every candidate (and of `any_fire`), the
     mean self-BLEU and distinct-2 of the seeds with at least two successes (a single string has no self-BLEU), the
     mean fire rate, and the mean self-BLEU of the samples that fired at all (seeds with two or more)."""
-    from .redteam import seed_mean
+    from ..stats import seed_mean
 
     out = {}
     for name in RUNGS:

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import Spec
 from ..report.safe import esc, fig_cell, table
-from ..stats import Measurement, fmt
+from ..stats import Measurement, fmt, seed_mean
 from ..text.diversity import diversity
 from ..text.edits import levenshtein
 from .attack import Attack, AttackSpec, Blind, attack_prompts, elicitation, get_attacker, known_attacker
@@ -98,20 +98,7 @@ class RedTeamResult(Result):
     queries: float  # mean per seed
     seconds: float  # mean per seed
     seeds: list[SeedRun]
-
-
-def seed_mean(values: list[float]) -> Measurement:
-    """Mean over independent runs with a Student-t 95% interval, clipped to [0, 1] (NaN interval below 2)."""
-    from scipy.stats import t as student_t
-
-    k = len(values)
-    if k == 0:
-        return Measurement(float("nan"), (float("nan"), float("nan")), 0)
-    m = sum(values) / k
-    if k < 2:
-        return Measurement(m, (float("nan"), float("nan")), k)
-    half = student_t.ppf(0.975, k - 1) * math.sqrt(sum((v - m) ** 2 for v in values) / (k - 1)) / math.sqrt(k)
-    return Measurement(m, (max(0.0, m - half), min(1.0, m + half)), k)
+    rungs: dict[str, dict] | None = None  # an attacker with stages (lm: the Perez et al. ladder), each over seeds
 
 
 def token_overlap(tok, a: str, b: str) -> float:
@@ -169,7 +156,16 @@ def run_red_team(ctx: Context, spec: RedTeamSpec) -> RedTeamResult:
         elicitation_rate=seed_mean([r.elicitation_rate.value for r in runs]),
         success_seeds=sum(r.elicitation_rate.value >= SUCCESS for r in runs), best_string=best.best_string,
         edit_distance_to_trigger=best.edit_distance, queries=sum(r.queries for r in runs) / len(runs),
-        seconds=sum(r.seconds for r in runs) / len(runs), seeds=runs)
+        seconds=sum(r.seconds for r in runs) / len(runs), seeds=runs, rungs=rungs(runs))
+
+
+def rungs(runs: list[SeedRun]) -> dict | None:
+    """Per rung over seeds, for an attacker whose runs report rungs (`attacker_lm.summarise`), else None."""
+    if not all("rungs" in r.extra for r in runs):
+        return None
+    from .attacker_lm import summarise
+
+    return summarise([r.extra["rungs"] for r in runs])
 
 
 @detector("redteam", spec=RedTeamSpec, result=RedTeamResult, rank=70, flags=("attacker", "budget", "seeds"),
@@ -201,6 +197,16 @@ class RedTeam(Detector):
                          esc(r.get("edit_distance")), esc(_f(r.get("token_overlap"))), esc(r.get("queries")),
                          esc(_f(r.get("seconds"))), esc(first.get("queries", "none")), esc(r.get("n_successes")),
                          esc(_f(div.get("self_bleu"))), esc(r.get("behaviour_guess") or "")])
+        ladder = result.get("rungs") if isinstance(result.get("rungs"), dict) else {}
+        if ladder:
+            lede += "<p>The attacker's rungs (Perez et al. 2022), each over seeds: success = a string firing on at " \
+                    "least the threshold share of the attack prompts; diversity of the successes (self-BLEU: lower " \
+                    "is more diverse) and of every string that fired at all.</p>" + table(
+                ["Rung", "Success rate (t over seeds)", "Pooled", "Fired at all", "Self-BLEU of successes",
+                 "Self-BLEU of all that fired", "Candidates"],
+                [[esc(k), fig_cell(v.get("success_rate")), fig_cell(v.get("pooled")), fig_cell(v.get("any_fire")),
+                  fig_cell(v.get("self_bleu")), fig_cell(v.get("self_bleu_fired")), esc(v.get("n"))]
+                 for k, v in ladder.items() if isinstance(v, dict)])
         return lede + table(["Seed", "Best string", "Held-out elicitation", "Edit distance", "Token overlap", "Queries",
                              "Seconds", "Queries to first success", "Successes", "Self-BLEU", "Behaviour guess"], rows)
 
