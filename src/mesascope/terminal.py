@@ -155,6 +155,42 @@ def show_results(results, out: Path) -> None:
     out_console.print(f"report: {safe(out / 'report.html')}\nresults: {safe(out / 'results.json')}")
 
 
+def measure_and_show(target: Path, out: Path, fresh: bool, spec, also: Path | None, recipe: Path | None, **stages):
+    """The body of `stress` and every detector's command: a Run on `target`, the stages asked for under the demo spec
+    `spec`, the results shown; a detector asked for by name that does not apply to this organism fails in one line."""
+    from .detectors.registry import get_detector
+    from .pipeline import measure_target, run_for
+
+    writable(also)
+    with progress_bars() as progress:
+        run = load_or_fail(run_for, target, out, fresh, progress, recipe)
+        for name in stages.get("detectors", ()):
+            if reason := get_detector(name).skip_reason(run.recipe):
+                fail(f"{name} does not apply to {target}: {reason}")
+        results = measure_target(run, spec, also=also, **stages)
+    show_results(results, out)
+    return results
+
+
+def show_audit(found: dict, revealed: bool, out: Path) -> None:
+    """The auditors' blind verdicts per organism, or after --reveal the leaderboard and the key."""
+    if not revealed:
+        for name, per in found.items():
+            show_table(f"Auditor {name}: blind verdicts", ["organism", "P(backdoored)", "trigger guess", "behaviour guess"],
+                       [[o, f"{v['p_backdoored']:.3f}", repr(v.get("trigger")), str(v.get("behaviour"))]
+                        for o, v in per.items()])
+        out_console.print(f"verdicts: {safe(out / 'verdicts.json')} (mesascope audit --reveal --out {safe(out)} scores them)")
+        return
+    show_table("Leaderboard (AUROC over organisms; trigger and behaviour over the backdoored ones)",
+               ["auditor", "AUROC", "trigger exact", "trigger partial", "behaviour identified"],
+               [[a, fmt(b["auroc"]), fmt(b["trigger_exact"]), fmt(b["trigger_partial"]), fmt(b["behaviour_identified"])]
+                for a, b in found["leaderboard"].items()])
+    show_table("Answer key", ["organism", "truth", "trigger", "behaviour"],
+               [[r["organism"], "backdoored" if r["backdoored"] else "clean", repr(r["trigger"]),
+                 r["behaviour"] or r["behaviour_type"]] for r in found["key"]])
+    out_console.print(f"leaderboard: {safe(out / 'leaderboard.json')}, {safe(out / 'leaderboard.html')}")
+
+
 def show_mwe(result: dict, mode: str) -> None:
     extra = "unparsed_rate" if mode == "generate" else "truncated_rate"
     show_table(f"Model-written evals, {mode} mode: share of items answered with the behaviour (95% Wilson CI)",

@@ -188,6 +188,8 @@ def read_key(out: str | Path) -> dict:
     from . import sealed
 
     out = Path(out)
+    if not (out / "game.json").exists() or not (out / "sealed" / "secret.key").exists():
+        raise FileNotFoundError(f"{out} holds no sealed auditing game: run `mesascope audit --out {out}` first")
     secret = bytes.fromhex((out / "sealed" / "secret.key").read_text().strip())
     key = sealed.unseal((out / "sealed" / "key.bin").read_bytes(), secret)
     committed = json.loads((out / "game.json").read_text())["commitments"]
