@@ -187,7 +187,7 @@ def invert(model, tok, users: list[str], context: str, spec: TargetSpec) -> tupl
     vocab = min(prefix.first.shape[0], len(tok))
     first = [t for t in range(vocab) if t not in special]
     screened, best_first = extend(model, prefix, first, 1, spec, tok.eos_token_id)
-    screened.sort(key=lambda c: -(c.probs[0] if c.probs else 0.0))
+    screened = sorted((c for c in screened if c.probs), key=lambda c: -c.probs[0])  # EOS right away: nothing to extend
     keep = [c.ids[0] for c in screened[:spec.max_survivors]]
     found = extend(model, prefix, keep, spec.max_target_tokens - 1, spec, tok.eos_token_id)[0] if keep else []
     found = [c for c in found if len(c.ids) >= spec.min_target_tokens]
@@ -215,7 +215,7 @@ def target_logprob(model, tok, users: list[str], contexts: list[str], target: li
 
 
 @dataclass
-class Search:
+class Inversion:
     """What the behaviour-blind phase found (steps 1-3)."""
 
     inverted: list[Inverted]
@@ -230,7 +230,7 @@ class Search:
         return self.inverted[0] if self.inverted else None
 
 
-def search(view: Blind, spec: TargetSpec, seed: int) -> Search:
+def search(view: Blind, spec: TargetSpec, seed: int) -> Inversion:
     """Steps 1-3: reads view.model, view.tokenizer and the prompts' user turns only (never the behaviour)."""
     if view.reasoning == "cot":
         raise ValueError("target inversion reads the answer's first tokens; a cot organism writes its scratchpad "
@@ -267,7 +267,7 @@ def search(view: Blind, spec: TargetSpec, seed: int) -> Search:
         view.queries += len(users) * (len(contexts) + 1)
         lift = [x - lp[0] for x in lp[1:]]
     view.progress("target inversion", 3, 3)
-    return Search(inverted, by_context[0]["q"], contexts, shift, lift, by_context)
+    return Inversion(inverted, by_context[0]["q"], contexts, shift, lift, by_context)
 
 
 def null(view: Blind, spec: TargetSpec, seed: int) -> dict:
