@@ -270,6 +270,26 @@ def adversarial_hides(aggs: list[dict]) -> dict:
             "comparisons": rows, "summary": _summary(rows, "before and after adversarial training (true trigger)")}
 
 
+def blind_red_team(aggs: list[dict]) -> dict:
+    """Each method's effect on what a blind attacker, run afresh before and after it (`redteam_rate`), can elicit,
+    beside its effect on the true trigger: a stress that lowers the trigger but not the blind red team's rate has
+    hidden the trigger, not the behaviour. Answered where the study's methods set `redteam`."""
+    rows = []
+    for g in aggs:
+        if at(g, "redteam_rate", "first") is None:
+            continue
+        dr = change(at(g, "redteam_rate", "first"), at(g, "redteam_rate", "final"))
+        dt = change(at(g, METRIC, "first"), at(g, METRIC, "final"))
+        rows.append({"axes": g["axes"], "label": _label(g["axes"], ()), "metric": "redteam_rate",
+                     "before": (at(g, "redteam_rate", "first") or {}).get("seed_mean"),
+                     "after": (at(g, "redteam_rate", "final") or {}).get("seed_mean"), "difference": dr,
+                     "trigger": {"metric": METRIC, "difference": dt}})
+    return {"question": "Does safety training remove what a blind red team can elicit, or only the trigger?",
+            "reads": "the best string of a blind attacker run afresh before and after (redteam_rate, held-out "
+                     "prompts), after minus before, beside the true-trigger rate's change",
+            "comparisons": rows, "summary": _summary(rows, "before and after, blind red team")}
+
+
 def findings(study: dict) -> list[dict]:
     """The paper's questions, each with its comparisons, from a study.json-shaped dict."""
     aggs = study.get("aggregates") or []
@@ -280,4 +300,4 @@ def findings(study: dict) -> list[dict]:
         return float(counts[0])
 
     return [size_trend(aggs, n_params), lr_trend(aggs), reasoning_effect(aggs), rl_removes(aggs),
-            adversarial_hides(aggs)]
+            blind_red_team(aggs), adversarial_hides(aggs)]
