@@ -232,3 +232,7 @@ def test_readme_is_short_and_its_headline_is_the_current_rendering_of_its_result
     assert hook.render_readme(text) == text, "README results blocks are stale: python docs/hooks/results.py README.md"
     outside = hook.README_BLOCK.sub(lambda m: m.group(1), text)  # the rendered tables are checked just above
     assert unsourced(outside, sourced_values(results_files())) == []
+
+
+def test_hook_escapes_string_cells_as_text():
+    assert hook.fmt("<script>|x") == r"&lt;script&gt;\|x"

@@ -29,6 +29,7 @@ the page does (two pages naming different commands for one file fail it too).
 from __future__ import annotations
 
 import ast
+import html
 import json
 import math
 import os
@@ -127,7 +128,8 @@ def fmt(v: Any, digits: int = 3, spec: str | None = None) -> str:
     if isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v):
         return ", ".join(fmt(x, digits, spec) for x in v)
     text = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-    return text.replace("|", r"\|").replace("\n", " ")
+    # A string cell may be a model's output (a red team's best string): escaped, so it renders as text, never as HTML.
+    return html.escape(text, quote=False).replace("|", r"\|").replace("\n", " ")
 
 
 def table(data: Any, rows: str = "", columns: dict[str, Any] | None = None, where: dict | None = None,
