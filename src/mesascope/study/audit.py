@@ -45,6 +45,7 @@ from ..report.safe import esc, fig_cell, table
 from ..stats import Measurement, auroc_interval, rate
 from ..store import RunStore, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .auditors import AUDITORS, Subject, Verdict, run_auditors
+from .invert_auditor import Invert  # noqa: F401 - registers the `invert` auditor
 
 SEALED = "mesascope.study.sealed"
 MAX_LENGTH = 160  # every game organism's, so config.json never tells a code behaviour (which needs 160)
