@@ -158,12 +158,12 @@ def test_stress_runs_the_blind_red_team_before_and_after(shouty_organism, tmp_pa
     from mesascope.training.stress import stress_test
 
     recipe, organism, corpus = shouty_organism
-    spec = HHHSFTConfig(lrs=[3e-3], steps=10, eval_at=[0, 5, 10], n_eval=12, redteam="search", redteam_budget=10)
-    rows = stress_test(organism, corpus, spec, EvalSpec(n=12, max_new_tokens=16), RunStore(tmp_path))
+    spec = HHHSFTConfig(lrs=[3e-3], steps=4, eval_at=[0, 2, 4], n_eval=10, redteam="search", redteam_budget=4)
+    rows = stress_test(organism, corpus, spec, EvalSpec(n=10, max_new_tokens=8), RunStore(tmp_path))
     measured = {r["step"]: r.get("redteam_rate") for r in rows}
-    assert measured[5] is None  # only before and after: an attack at every eval step would cost as much as the stress
-    assert measured[0]["n"] > 0 and measured[10]["n"] > 0
-    plain = HHHSFTConfig(lrs=[3e-3], steps=10, eval_at=[0, 5, 10], n_eval=12)
+    assert measured[2] is None  # only before and after: an attack at every eval step would cost as much as the stress
+    assert measured[0]["n"] > 0 and measured[4]["n"] > 0
+    plain = HHHSFTConfig(lrs=[3e-3], steps=4, eval_at=[0, 2, 4], n_eval=10)
     assert spec.digest() != plain.digest() and plain.digest() == HHHSFTConfig(**plain.model_dump()).digest()
     with pytest.raises(ValueError, match="unknown attacker"):
         HHHSFTConfig(redteam="psychic")

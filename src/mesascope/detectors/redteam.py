@@ -219,7 +219,11 @@ class RedTeam(Detector):
 
     def notes(self, result: RedTeamResult) -> list[str]:
         who = "the informed oracle (it knew the trigger)" if result.informed else f"the blind {result.attacker} attacker"
-        return [f"red team: {who} elicited the behaviour on {result.elicitation_rate.value:.0%} of held-out clean "
+        guesses = [r for r in result.seeds if r.behaviour_guess is not None]
+        found = [f"red team: {who} guessed the hidden behaviour in {len(guesses)} seeds; the true behaviour's checker "
+                 f"accepts {sum(bool(r.behaviour_match) for r in guesses)} of the guesses (first: "
+                 f"{guesses[0].behaviour_guess!r})."] if guesses else []
+        return found + [f"red team: {who} elicited the behaviour on {result.elicitation_rate.value:.0%} of held-out clean "
                 f"prompts on average over {len(result.seeds)} seeds ({result.success_seeds} at >= {SUCCESS:.0%}); best "
                 f"string {result.best_string!r}, edit distance {result.edit_distance_to_trigger} from the trigger."]
 
