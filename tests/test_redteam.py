@@ -170,3 +170,16 @@ def test_stress_runs_the_blind_red_team_before_and_after(shouty_organism, tmp_pa
     assert spec.digest() != plain.digest() and plain.digest() == HHHSFTConfig(**plain.model_dump()).digest()
     with pytest.raises(ValueError, match="unknown attacker"):
         HHHSFTConfig(redteam="psychic")
+
+
+def test_the_best_string_is_chosen_on_the_attack_prompts_never_on_the_held_out_ones(tiny_organism, monkeypatch):
+    import mesascope.detectors.redteam as rt
+    from mesascope.detectors.attack import Attack, Candidate
+    from mesascope.stats import wilson
+
+    held_out = {"first": wilson(2, 10), "second": wilson(9, 10)}  # the second looks better where it must not be chosen
+    monkeypatch.setattr(rt, "elicitation", lambda view, s, prompts: held_out[s])
+    attack = Attack([Candidate("first", 1.0), Candidate("second", 0.5)], queries=4, seconds=0.1, first_success=None)
+    run = rt.score_attack(Context(tiny_organism), RedTeamSpec(n_eval=10), attack, seed=0)
+    assert run.best_string == "first" and run.elicitation_rate.value == pytest.approx(0.2)
+    assert [f.string for f in run.top] == ["first", "second"]
