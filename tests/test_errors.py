@@ -160,6 +160,8 @@ def broken_inputs(tmp_path: Path) -> dict[str, list[list]]:
         "alpaca": [["alpaca", bad], ["alpaca", "--data", empty], ["alpaca", "--data", afile]],
         "report": [["report", "--out", corrupt], ["report", "--out", afile], ["report", "--out", empty]],
         "schema": [["schema", "--out", afile]],
+        "audit": [["audit", "--out", empty, "--reveal"], ["audit", "--out", afile, "--reveal"],
+                  ["audit", "--size", "huge", "--out", tmp_path / "game"]],
     }
     return cases
 

@@ -212,8 +212,11 @@ def audit(out: OutOpt = Path("audit"), seed: Annotated[int, typer.Option(help="D
     --reveal opens the answer key and writes the leaderboard (OUT/leaderboard.json, OUT/leaderboard.html)."""
     from .study.audit import reveal as open_key, run_game
 
-    with progress_bars() as progress:
-        found = load_or_fail(open_key, out) if reveal else run_game(out, seed=seed, n=n, size=size, progress=progress)
+    try:
+        with progress_bars() as progress:
+            found = load_or_fail(open_key, out) if reveal else run_game(out, seed=seed, n=n, size=size, progress=progress)
+    except ValueError as e:  # an unknown --size or auditor, named with the choices
+        fail(str(e))
     show_audit(found, reveal, out)
 
 
