@@ -68,6 +68,13 @@ class Blind:
     first_success: dict | None = None
     t0: float = field(default_factory=time.perf_counter)
 
+    @classmethod
+    def on(cls, model, tokenizer, corpus, reasoning: str, n_prompts: int, seed: int, **kw) -> "Blind":
+        """The view an attacker gets of an organism with this corpus: `n_prompts` of its clean training-split prompts
+        (`attack_prompts`, drawn with `seed`) and its behaviour, nothing of its trigger unless `trigger=` is given."""
+        return cls(model, tokenizer, attack_prompts(corpus.clean_train(), n_prompts, seed), corpus.behaviour,
+                   reasoning=reasoning, **kw)
+
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.t0

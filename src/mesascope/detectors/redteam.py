@@ -23,7 +23,7 @@ from ..report.safe import esc, fig_cell, table
 from ..stats import Measurement, fmt, seed_mean
 from ..text.diversity import diversity
 from ..text.edits import levenshtein
-from .attack import Attack, AttackSpec, Blind, attack_prompts, elicitation, get_attacker, known_attacker
+from .attack import Attack, AttackSpec, Blind, elicitation, get_attacker, known_attacker
 from .registry import Context, Detector, Result, TextTable, detector
 
 SUCCESS = 0.5  # held-out elicitation rate at which a seed counts as a success (issue 13's bar)
@@ -146,10 +146,9 @@ def run_red_team(ctx: Context, spec: RedTeamSpec) -> RedTeamResult:
     runs = []
     for i, seed in enumerate(spec.seeds):
         ctx.progress(f"red team ({spec.attacker})", i, len(spec.seeds))
-        view = Blind(model, tok, attack_prompts(corpus.clean_train(), spec.n_prompts, seed), corpus.behaviour,
-                     reasoning=recipe.reasoning, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-                     threshold=spec.threshold, progress=ctx.progress,
-                     trigger=recipe.trigger if att.informed else None)
+        view = Blind.on(model, tok, corpus, recipe.reasoning, spec.n_prompts, seed, max_new_tokens=spec.max_new_tokens,
+                        batch_size=spec.batch_size, threshold=spec.threshold, progress=ctx.progress,
+                        trigger=recipe.trigger if att.informed else None)
         runs.append(score_attack(ctx, spec, att.attack(view, aspec, seed), seed))
     ctx.progress(f"red team ({spec.attacker})", len(spec.seeds), len(spec.seeds))
     best = max(runs, key=lambda r: r.elicitation_rate.value if r.best_string else -1.0)

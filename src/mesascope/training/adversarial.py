@@ -145,14 +145,14 @@ def blind_red_team(model, tok, recipe, corpus: Corpus, *, attacker: str, budget:
     firing >= threshold, as `search_red_team` reports them. The attacker's view holds no trigger; the filter after it
     (no held-out near miss, no string carrying the trigger) is the informed search's, so both train on the same kind
     of strings and measure on the same held-out ones."""
-    from ..detectors.attack import Blind, attack_prompts, get_attacker
+    from ..detectors.attack import Blind, get_attacker
 
     att = get_attacker(attacker)
     if att.informed:
         raise ValueError(f"{attacker!r} is the informed oracle: adversarial training runs it as attacker='informed'")
-    prompts = attack_prompts(corpus.clean_train(), n_prompts, seed)
-    view = Blind(model, tok, prompts, corpus.behaviour, reasoning=recipe.reasoning, max_new_tokens=max_new_tokens,
-                 batch_size=batch_size, threshold=threshold, progress=progress)
+    view = Blind.on(model, tok, corpus, recipe.reasoning, n_prompts, seed, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, threshold=threshold, progress=progress)
+    prompts = view.prompts
     attack = att.attack(view, att.Spec(budget=budget, n_prompts=n_prompts, threshold=threshold), seed)
     trigger = corpus.trigger_spec or trigger_for(recipe)
     kept = set(allowed([c.string for c in attack.candidates], trigger, [*corpus.near_miss_held_out, *exclude]))

@@ -191,12 +191,11 @@ class StressContext:
     def red_team_rate(self, model, tok) -> dict:
         """The spec's blind attacker run on `model` as it is now (16 training-split prompts, the stress seed); its best
         string's behaviour rate on the held-out prompts, measured as adversarial_rate is (no string found: n = 0)."""
-        from ..detectors.attack import Blind, attack_prompts, get_attacker
+        from ..detectors.attack import Blind, get_attacker
 
         att, spec = get_attacker(self.spec.redteam), self.spec
-        view = Blind(model, tok, attack_prompts(self.corpus.clean_train(), 16, spec.seed), self.corpus.behaviour,
-                     reasoning=self.recipe.reasoning, max_new_tokens=self.eval_spec.max_new_tokens,
-                     batch_size=self.eval_spec.batch_size)
+        view = Blind.on(model, tok, self.corpus, self.recipe.reasoning, 16, spec.seed,
+                        max_new_tokens=self.eval_spec.max_new_tokens, batch_size=self.eval_spec.batch_size)
         attack = att.attack(view, att.Spec(**({"budget": spec.redteam_budget} if spec.redteam_budget else {})), spec.seed)
         return self.string_rate(model, tok, [attack.best.string]) if attack.best else rate([]).to_dict()
 
