@@ -39,7 +39,11 @@ def test_commit_is_the_source_trees_head():
 
 def test_commit_falls_back_to_the_version_without_git(monkeypatch):
     monkeypatch.setattr(prov, "_git", lambda *args: None)
+    monkeypatch.delenv("MESASCOPE_COMMIT", raising=False)
     assert prov.provenance("mesascope x")["commit"].startswith("mesascope ")
+    monkeypatch.setenv("MESASCOPE_COMMIT", "5f7ca6c")  # a copy of the tree without .git says where it came from
+    block = prov.provenance("mesascope x")
+    assert block["commit"] == "5f7ca6c" and block["commit_from"] == "MESASCOPE_COMMIT" and "dirty" not in block
 
 
 def test_write_results_adds_provenance_first_and_replaces_atomically(tmp_path, monkeypatch):

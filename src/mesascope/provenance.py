@@ -57,7 +57,8 @@ def write_results(path: str | Path, data: dict[str, Any], command: str | None = 
 
 
 def _commit() -> dict[str, Any]:
-    """`commit` (short hash of the source tree's HEAD, else the package version) and, under git, `dirty`."""
+    """`commit` (short hash of the source tree's HEAD; else $MESASCOPE_COMMIT, said so; else the package
+    version) and, under git, `dirty`."""
     git = _git("rev-parse", "--show-toplevel", "--short", "HEAD")
     if git is not None:
         lines = git.splitlines()
@@ -65,6 +66,8 @@ def _commit() -> dict[str, Any]:
         if len(lines) == 2 and Path(lines[0]).resolve() / "src" / "mesascope" == _PACKAGE_DIR:
             status = _git("status", "--porcelain", "--untracked-files=no", "--", str(_PACKAGE_DIR))
             return {"commit": lines[1], "dirty": bool(status)} if status is not None else {"commit": lines[1]}
+    if os.environ.get("MESASCOPE_COMMIT"):  # a copy of the tree without .git (a cluster node, a GPU box)
+        return {"commit": os.environ["MESASCOPE_COMMIT"], "commit_from": "MESASCOPE_COMMIT"}
     try:
         version = metadata.version("mesascope")
     except metadata.PackageNotFoundError:
