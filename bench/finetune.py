@@ -465,12 +465,16 @@ def main() -> None:
 
 
 def bench(args) -> None:
-    import datasets
     import transformers
-    import trl
 
-    datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    trl_version = None  # TRL (and datasets) only when a TRL trainer is asked for: a GPU box may lack them
+    if any(t.startswith("trl") for t in args.trainers.split(",")):
+        import datasets
+        import trl
+
+        datasets.disable_progress_bars()
+        trl_version = trl.__version__
 
     init, tok, data = build(args)
     methods, trainers = args.methods.split(","), args.trainers.split(",")
@@ -488,7 +492,7 @@ def bench(args) -> None:
     n_params = sum(p.numel() for p in init.parameters())
     print(f"model: random-init Qwen2 {args.model_config}{' (quick)' if args.quick else ''}, {n_params:,} params, "
           f"vocab {init.config.vocab_size}; {rt.describe()} on {card}; torch {torch.__version__}, "
-          f"trl {trl.__version__}, threads {torch.get_num_threads()}")
+          f"trl {trl_version or 'not used'}, threads {torch.get_num_threads()}")
     print(f"{len(data)} examples (tiny corpus, ChatML), batch {spec.batch_size} x grad_accum {spec.grad_accum}, "
           f"pack width {args.pack_width}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed steps), "
           f"the trainers in lockstep; tokens = prompt + completion tokens of the timed steps, pad excluded")
@@ -522,7 +526,7 @@ def bench(args) -> None:
             "bench": "finetune", "settings": {k: v for k, v in vars(args).items() if k != "results"},
             "model": {"config": args.model_config, "n_params": n_params, "vocab_size": init.config.vocab_size},
             "runtime": rt.describe(), "card": card, "threads": torch.get_num_threads(), "load_average": load,
-            "versions": {"torch": torch.__version__, "trl": trl.__version__},
+            "versions": {"torch": torch.__version__, "trl": trl_version},
             "rows": [{**asdict(r), "tok_s": round(r.tok_s, 1)} for r in rows],
             "rounds": [{**asdict(r), "tok_s": round(r.tok_s, 1), "peak_mib": None} for rs in runs.values() for r in rs],
             "ratios": summary}, command="python bench/finetune.py " + shlex.join(sys.argv[1:]))
