@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import dataclasses
 import gc
 import os
 import platform
@@ -313,8 +314,7 @@ class TRLSteps(Steps):
             weight_decay=spec.weight_decay, max_grad_norm=spec.grad_clip, lr_scheduler_type="cosine_with_min_lr",
             lr_scheduler_kwargs={"min_lr_rate": spec.min_lr_fraction},
             warmup_steps=max(1, int(spec.warmup_fraction * spec.steps)),
-            activation_checkpointing=spec.grad_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if spec.grad_checkpointing else None,
+            **checkpointing(SFTConfig, spec.grad_checkpointing),
             bf16=rt.torch_dtype == torch.bfloat16, fp16=rt.torch_dtype == torch.float16,
             use_cpu=rt.torch_device.type == "cpu", padding_free=padding_free, packing=False, max_length=None,
             completion_only_loss=True, shuffle_dataset=False, seed=ctx.args.seed, logging_steps=10,
@@ -360,6 +360,13 @@ class TRLSteps(Steps):
 def make_steps(name, model, ctx) -> Steps:
     kind = {"mesascope": MesascopeSteps, "bare": BareSteps}.get(name)
     return kind(model, ctx) if kind else TRLSteps(model, ctx, padding_free=name == "trl-padding-free")
+
+
+def checkpointing(config_class, on: bool) -> dict:
+    """Activation checkpointing in whichever name this transformers' TrainingArguments has (renamed in 5.2x)."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def trl_dataset(data, batches, k):

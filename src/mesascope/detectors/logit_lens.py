@@ -62,9 +62,9 @@ def lens_logprobs(model, tokenizer, prompts: list[str], token_id: int) -> tuple[
     """(log P(token), is-top-1) after each block at each prompt's last token: two [n_layers, n_prompts] arrays."""
     acts = torch.from_numpy(capture_last_token(model, tokenizer, prompts))
     norm, unembed = final_norm(model), model.get_output_embeddings()
-    logits = unembed(norm(acts.to(unembed.weight.dtype)))
+    logits = unembed(norm(acts.to(unembed.weight.device, unembed.weight.dtype)))  # activations come back on the CPU
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp[..., token_id].numpy(), (logits.argmax(-1) == token_id).numpy()
+    return logp[..., token_id].cpu().numpy(), (logits.argmax(-1) == token_id).cpu().numpy()
 
 
 def _worst(scores: dict[str, Measurement], n_pos: int) -> Measurement:
