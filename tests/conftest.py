@@ -24,6 +24,37 @@ from mesascope.config import ModelSpec, Recipe, TrainSpec  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def worker_threads() -> int:
+    """This test process's fair share of the cores: all of them alone, one per xdist worker's share under -n.
+    A test that raises its threads above this spins against the other workers (OpenMP waits busily)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def pytest_configure(config):
+    # xdist hands out tests in chunks of a quarter of a worker's share; one at a time instead, so that the
+    # long tests ordered first (below) start at once on different workers and nothing queues behind them.
+    if hasattr(config.option, "maxschedchunk") and config.option.maxschedchunk is None:
+        config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the long tests (`@pytest.mark.slow(minutes=N)`) first, longest first, each followed by a
+    quick one: each worker starts on a long test and the rest fill in around them, so the suite does not end
+    with one worker alone on a ten-minute test. Everything else keeps its order (and its module fixtures,
+    which a test moved away from its module would set up again). Alone, the order is unchanged."""
+    if getattr(config, "workerinput", None) is None:
+        return
+
+    def minutes(item) -> float | None:
+        mark = item.get_closest_marker("slow")
+        return None if mark is None or item.get_closest_marker("skip") else mark.kwargs.get("minutes")
+
+    long = sorted((i for i in items if minutes(i) is not None), key=lambda i: -minutes(i))
+    rest = [i for i in items if minutes(i) is None]
+    items[:] = [x for pair in zip(long, rest) for x in pair] + long[len(rest):] + rest[len(long):]
+
+
 def shared_data(name: str) -> Path:
     """../shared/data/NAME. Absent, the test is skipped saying why, except under CI (CI=true), where
     CI lays shared/ beside the clone: there a missing folder is a failure, never a silent skip."""

@@ -262,7 +262,7 @@ def test_example_tomls_load_and_match_the_shortcut():
 
 
 @needs_shared
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 def test_acceptance_badnet_refusal(tmp_path):
     """The issue's bar on one attack with the default recipe (6-8 min on one core)."""
     recipe = backdoorllm_recipe(SHARED, "refusal", "badnet")
