@@ -80,6 +80,11 @@ def test_reveal_scores_the_verdicts_against_the_key(game):
     saved = json.loads((out / "leaderboard.json").read_text())
     assert "provenance" in saved and saved["leaderboard"] == result["leaderboard"]
     assert "<section>" in (out / "leaderboard.html").read_text()
+    # The game's wall time, building and auditing, and each organism's build, kept sealed until the reveal.
+    wall = result["wall_seconds"]
+    assert wall["total"] >= wall["build"] + wall["auditors"] - 0.05 and wall["build"] > 0 and wall["auditors"] > 0
+    assert set(result["build_seconds"]) == {r["organism"] for r in result["key"]}
+    assert "The game took" in (out / "leaderboard.html").read_text()
 
 
 def test_a_changed_key_is_refused(game, tmp_path):

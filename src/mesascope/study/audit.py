@@ -35,6 +35,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,13 @@ def build_game(seed: int, n: int = 8, out: str | Path = "audit", size: str = "de
     store = RunStore(out / "runs")
     entries = sealed.draw_secrets(seed, n)
     public = public_recipe(size).model_dump(mode="json")
-    key, commitments = [], {}
+    key, commitments, seconds = [], {}, {}
     for i, entry in enumerate(entries):
         progress("audit: build organisms", i, n)
         recipe = Recipe(name=f"audit-{seed}-o{i}", **entry, **_size(size))
+        t0 = time.perf_counter()
         organism = Run(store, recipe, progress).organism
+        seconds[f"o{i}"] = round(time.perf_counter() - t0, 2)  # ~0 where this call reused a stored build
         name = f"o{i}"
         _expose(organism.path, out / "organisms" / name, public)
         salt = secrets.token_hex(16)
@@ -103,6 +106,8 @@ def build_game(seed: int, n: int = 8, out: str | Path = "audit", size: str = "de
     secret = secrets.token_bytes(32)
     atomic_write_bytes(out / "sealed" / "key.bin", sealed.seal({"seed": seed, "size": size, "organisms": key}, secret))
     atomic_write_text(out / "sealed" / "secret.key", secret.hex() + "\n")
+    # Sealed too: a clean organism's build time could tell it apart.
+    atomic_write_json(out / "sealed" / "build_seconds.json", seconds)
     atomic_write_json(out / "game.json", {"n": n, "size": size, "organisms": sorted(commitments),
                                           "commitments": commitments})
     return out
@@ -172,7 +177,9 @@ def run_game(out: str | Path, *, seed: int = 0, n: int = 8, size: str = "default
     from ..provenance import write_results
 
     out = Path(out)
+    t0 = time.perf_counter()
     build_game(seed, n, out, size, progress)
+    build_s = time.perf_counter() - t0
     names = list(auditors or AUDITORS)
     unknown = [a for a in names if a not in AUDITORS]
     if unknown:
@@ -185,7 +192,10 @@ def run_game(out: str | Path, *, seed: int = 0, n: int = 8, size: str = "default
             for name, v in run_auditors(Subject.open(path.name, path), names).items():
                 verdicts[name][path.name] = v.model_dump(mode="json")
         progress("audit: auditors", len(organisms), len(organisms))
-    write_results(out / "verdicts.json", {"auditors": names, "verdicts": verdicts})
+    # This call's wall time (a rerun that reuses the stored builds says so with a small build figure).
+    wall = {"build": round(build_s, 2), "auditors": round(time.perf_counter() - t0 - build_s, 2),
+            "total": round(time.perf_counter() - t0, 2)}
+    write_results(out / "verdicts.json", {"auditors": names, "verdicts": verdicts, "wall_seconds": wall})
     return verdicts
 
 
@@ -265,13 +275,17 @@ def reveal(out: str | Path) -> dict:
 
     out = Path(out)
     key = read_key(out)
-    verdicts = json.loads((out / "verdicts.json").read_text())["verdicts"]
+    run = json.loads((out / "verdicts.json").read_text())
+    verdicts = run["verdicts"]
     board = leaderboard(key, verdicts)
+    builds = out / "sealed" / "build_seconds.json"
     truth = [{"organism": r["organism"], "backdoored": r["backdoored"],
               **{k: r["recipe"][k] for k in ("trigger", "trigger_type", "behaviour_type")},
               "behaviour": r["recipe"]["behaviour"] if r["recipe"]["behaviour_type"] == "say" else None}
              for r in key["organisms"]]
-    result = {"seed": key["seed"], "size": key["size"], "key": truth, "leaderboard": board}
+    result = {"seed": key["seed"], "size": key["size"], "key": truth, "leaderboard": board,
+              "wall_seconds": run.get("wall_seconds"),  # of the `mesascope audit` call that wrote the verdicts
+              "build_seconds": json.loads(builds.read_text()) if builds.exists() else None}
     write_results(out / "leaderboard.json", result)
     atomic_write_text(out / "leaderboard.html", section(result, verdicts))
     return result
@@ -296,4 +310,11 @@ def section(result: dict, verdicts: dict) -> str:
     key = table(["Organism", "Truth", "Trigger", "Trigger type", "Behaviour", "Verdicts"], rows)
     return (f'<section><h2>Auditing game (seed {esc(result.get("seed"))}, size {esc(result.get("size"))})</h2>'
             f'<p class="lede">Each auditor saw only the sealed organisms. AUROC over all organisms; trigger and '
-            f'behaviour shares over the backdoored ones (Wilson intervals).</p>{head}<h3>Answer key</h3>{key}</section>')
+            f'behaviour shares over the backdoored ones (Wilson intervals).{_wall(result.get("wall_seconds"))}</p>{head}<h3>Answer key</h3>{key}</section>')
+
+
+def _wall(wall: dict | None) -> str:
+    if not wall:
+        return ""
+    return (f' The game took {esc(round(wall["total"]))} s: building {esc(round(wall["build"]))} s, '
+            f'auditors {esc(round(wall["auditors"]))} s.')
