@@ -26,6 +26,8 @@ import argparse
 import copy
 import math
 import os
+import shlex
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -214,7 +216,8 @@ def main() -> None:
 
         write_results(args.results, {"bench": "train_throughput", "settings": vars(args), "peak_gflop_s": round(peak),
                                      "model_mflop_per_token": round(flops_per_token / 1e6, 3),
-                                     "methods": rows, "profile": profile_out})
+                                     "methods": rows, "profile": profile_out},
+                      command="python bench/train_throughput.py " + shlex.join(sys.argv[1:]))
         print(f"wrote {args.results}")
 
 
