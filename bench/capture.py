@@ -20,7 +20,9 @@ import argparse
 import os
 import random
 import resource
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -176,6 +178,20 @@ def speed(args, path: Path, recipe: Recipe, what: str) -> None:
     print("prompts/s and 'vs plain' are throughputs: 'vs plain' > 1 is faster than the plain forward")
     for name, why in skipped.items():
         print(f"{name}: skipped ({why})")
+    if args.results:
+        from mesascope.provenance import write_results
+
+        rows = {}
+        for name in runs:
+            t, c = statistics.median(times[name]), statistics.median(cpu[name])
+            rows[name] = {"prompts_s": round(len(prompts) / t, 1), "wall_s": round(t, 3), "vs_plain": round(base / t, 3),
+                          "cpu_s": round(c, 3), "cpu_vs_plain": round(base_cpu / c, 3),
+                          "max_abs_diff": None if results[name] is None or name == "mesascope capture"
+                          else float(np.abs(results[name] - ours).max())}
+        write_results(args.results, {"bench": "capture", "settings": vars(args), "model": what, "prompts": len(prompts),
+                                     "methods": rows, "skipped": skipped, "load_average": [load_before, load_after]},
+                      command="python bench/capture.py " + shlex.join(sys.argv[1:]))
+        print(f"wrote {args.results}")
 
 
 def memory(args, path: Path, recipe: Recipe, what: str) -> None:
@@ -209,6 +225,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's choice)")
     ap.add_argument("--memory", action="store_true", help="stream --n prompts to --out-dir and report peak memory")
     ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--results", default=None, help="also write the table here, with provenance (speed runs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating timed runs of (a) and (c); the fastest counts")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads; 0 = torch's choice (on a busy 2-core machine a 2nd thread stalls)")
+    ap.add_argument("--results", default=None, help="also write the table and ratios here, with provenance")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +115,21 @@ def main() -> None:
     print(f"(c) model.generate, batched (left) : {rate['c']:9,.0f} new tok/s  ({t_c:.2f} s)")
     print(f"ratios: (a)/(b) {rate['a'] / rate['b']:.1f}x, (a)/(c) {rate['a'] / rate['c']:.2f}x, "
           f"(c)/(b) {rate['c'] / rate['b']:.1f}x")
+    if args.results:
+        from mesascope.provenance import write_results
+
+        seconds = {"a": t_a, "b": t_b, "c": t_c}
+        names = {"a": "mesascope generate, batched", "b": "model.generate, one at a time",
+                 "c": "model.generate, batched (left-padded)"}
+        write_results(args.results, {
+            "bench": "generate", "settings": vars(args), "model": what, "prompts": len(prompts),
+            "methods": {names[m]: {"new_tok_s": round(rate[m], 1), "seconds": round(seconds[m], 3),
+                                   "prompts": len(sub) if m == "b" else len(prompts)} for m in "abc"},
+            "same_text_as_batched_generate": {"agree": agree, "n": len(prompts)},
+            "ratios": {"mesascope/one_at_a_time": round(rate["a"] / rate["b"], 3),
+                       "mesascope/batched_generate": round(rate["a"] / rate["c"], 3)}},
+            command="python bench/generate.py " + shlex.join(sys.argv[1:]))
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +86,8 @@ def compare(name, lps, ref_lps, items, secs, ref_rate):
     gap = max(abs(x - y) for a, b in zip(lps, ref_lps) for x, y in zip(a, b))
     print(f"{name:<34} {rate:9.1f} items/s   mesascope is {ref_rate / rate:5.2f}x   "
           f"same decision {agree:.4f}   max |dlogp| {gap:.2e}   ({len(lps)} items, {secs:.1f} s)")
+    return {"items_s": round(rate, 2), "items": len(lps), "seconds": round(secs, 2),
+            "mesascope_x": round(ref_rate / rate, 3), "same_decision": round(agree, 4), "max_abs_dlogp": gap}
 
 
 def main():
@@ -94,6 +98,7 @@ def main():
     ap.add_argument("--naive-limit", type=int, default=400, help="items for the naive loop (it is slow)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--results", default=None, help="also write the table here, with provenance")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model) if args.model else random_default_model()
@@ -109,18 +114,30 @@ def main():
     ours = [r["logprobs"] for r in rows]
     rate = len(items) / secs
     print(f"{'(a) mesascope score_likelihood':<34} {rate:9.1f} items/s   ({len(items)} items, {secs:.1f} s)")
+    methods = {"mesascope score_likelihood": {"items_s": round(rate, 2), "items": len(items), "seconds": round(secs, 2),
+                                              "mesascope_x": 1.0, "same_decision": 1.0, "max_abs_dlogp": 0.0}}
 
     t0 = time.perf_counter()
     h, why = harness(model, tok, items, max_length, args.batch_size)
     if h is None:
         print(f"(b) lm-evaluation-harness HFLM: skipped: {why}")
     else:
-        compare("(b) lm-evaluation-harness HFLM", h, ours, items, time.perf_counter() - t0, rate)
+        methods["lm-evaluation-harness HFLM"] = compare("(b) lm-evaluation-harness HFLM", h, ours, items,
+                                                        time.perf_counter() - t0, rate)
 
     sub = items[:args.naive_limit]
     t0 = time.perf_counter()
     n = naive(model, tok, sub, max_length)
-    compare("(c) naive one-at-a-time loop", n, ours[:len(sub)], sub, time.perf_counter() - t0, rate)
+    methods["naive one-at-a-time loop"] = compare("(c) naive one-at-a-time loop", n, ours[:len(sub)], sub,
+                                                  time.perf_counter() - t0, rate)
+    if args.results:
+        from mesascope.provenance import write_results
+
+        write_results(args.results, {"bench": "mwe", "settings": {k: str(v) for k, v in vars(args).items()},
+                                     "model": str(args.model or "random default-shape model"), "methods": methods,
+                                     "skipped": {} if h is not None else {"lm-evaluation-harness HFLM": why}},
+                      command="python bench/mwe.py " + shlex.join(sys.argv[1:]))
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray run")
     ap.add_argument("--skip-threaded", action="store_true",
                     help="skip the 1-worker run with cores torch threads (minutes on a busy machine)")
+    ap.add_argument("--results", default=None, help="also write the runs here, with provenance")
     args = ap.parse_args()
 
     study = small_study(args.seeds, args.steps, args.cells_lrs)
@@ -67,12 +70,16 @@ def main() -> None:
     # (backend, workers, torch threads per worker; None: the default, cores // workers)
     runs = ([] if args.skip_threaded else [("local", 1, None)]) + [("local", 1, 1), ("local", 2, None)] + \
         ([] if args.no_ray else [("ray", 2, None)])
-    times, rows = {}, {}
+    times, rows, table = {}, {}, {}
     for backend, workers, threads in runs:
         t, result = timed(study, backend, workers, threads)
         key = (backend, workers, result.backend.torch_threads_per_worker)
         times[key], rows[key] = t, [c.rows for c in result.cells]
         ph = result.timings
+        table[f"{backend} x{workers}, {key[2]} thread(s) each"] = {
+            "backend": backend, "workers": workers, "threads_per_worker": key[2], "wall_s": round(t, 2),
+            "builds_s": round(ph["phase1_builds_s"], 2), "cells_s": round(ph["phase3_cells_s"], 2),
+            "cells": result.counts.cells_computed, "cpu_s": round(ph["computed_cpu_s"], 2)}
         print(f"  {backend:5s} x{workers}, {key[2]} torch thread(s) each: {t:7.1f} s wall  (builds "
               f"{ph['phase1_builds_s']:.1f} s, cells {ph['phase3_cells_s']:.1f} s; {result.counts.cells_computed} "
               f"cells; CPU {ph['computed_cpu_s']:.1f} s)")
@@ -88,6 +95,15 @@ def main() -> None:
     same = [rows[k] == rows[("local", 1, 1)] for k in rows if k[2] == 1]
     print(f"runs with one thread per worker give identical cell results: {all(same)} ({len(same)} runs)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.results:
+        from mesascope.provenance import write_results
+
+        for key, row in zip(times, table.values()):  # speed-up over the 1-worker, 1-thread run
+            row["speed_up_over_local_x1_1_thread"] = round(times[one] / times[key], 3) if one in times else None
+        write_results(args.results, {"bench": "sweep_scaling", "settings": vars(args), "runs": table,
+                                     "identical_cell_results_at_one_thread": all(same)},
+                      command="python bench/sweep_scaling.py " + shlex.join(sys.argv[1:]))
+        print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
