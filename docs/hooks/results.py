@@ -121,6 +121,8 @@ def fmt(v: Any, digits: int = 3, spec: str | None = None) -> str:
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
         return f"[{fmt(v[0], digits, spec)}, {fmt(v[1], digits, spec)}]"
     if isinstance(v, dict) and "value" in v:
+        if v["value"] is None:  # undefined (e.g. precision with nothing flagged): no interval either
+            return "—"
         ci = v.get("ci")
         return fmt(v["value"], digits, spec) + (f" {fmt(ci, digits, spec)}" if ci else "")
     if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()):
