@@ -118,6 +118,8 @@ def fmt(v: Any, digits: int = 3, spec: str | None = None) -> str:
         return "yes" if v else "no"
     if isinstance(v, (int, float)):
         return format(v, spec) if spec else str(v) if isinstance(v, int) else f"{v:.{digits}f}"
+    if isinstance(v, (list, tuple)) and v and all(x is None for x in v):  # an undefined interval
+        return "—"
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
         return f"[{fmt(v[0], digits, spec)}, {fmt(v[1], digits, spec)}]"
     if isinstance(v, dict) and "value" in v:
