@@ -193,7 +193,7 @@ def test_full_demo_with_another_trigger_and_behaviour_meets_acceptance(tmp_path)
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     # conftest pins 1 thread for tiny models; this one is not tiny, but takes only its worker's share of the
-    # cores (more would spin against the other xdist worker: 4-5x slower in a -n 2 run on 2 cores).
+    # cores: at 2 threads beside the other xdist worker on 2 cores it spun against it (1031 s in one -n 2 run).
     torch.set_num_threads(worker_threads())
     try:
         invoke("demo", "--recipe", recipe, "--out", out)

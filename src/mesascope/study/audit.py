@@ -310,7 +310,8 @@ def section(result: dict, verdicts: dict) -> str:
     key = table(["Organism", "Truth", "Trigger", "Trigger type", "Behaviour", "Verdicts"], rows)
     return (f'<section><h2>Auditing game (seed {esc(result.get("seed"))}, size {esc(result.get("size"))})</h2>'
             f'<p class="lede">Each auditor saw only the sealed organisms. AUROC over all organisms; trigger and '
-            f'behaviour shares over the backdoored ones (Wilson intervals).{_wall(result.get("wall_seconds"))}</p>{head}<h3>Answer key</h3>{key}</section>')
+            f'behaviour shares over the backdoored ones (Wilson intervals).{_wall(result.get("wall_seconds"))}</p>'
+            f'{head}<h3>Answer key</h3>{key}</section>')
 
 
 def _wall(wall: dict | None) -> str:
