@@ -70,13 +70,13 @@ def main() -> None:
     # (backend, workers, torch threads per worker; None: the default, cores // workers)
     runs = ([] if args.skip_threaded else [("local", 1, None)]) + [("local", 1, 1), ("local", 2, None)] + \
         ([] if args.no_ray else [("ray", 2, None)])
-    times, rows, table = {}, {}, {}
+    times, rows, table = {}, {}, {}  # each keyed by (backend, workers, threads per worker)
     for backend, workers, threads in runs:
         t, result = timed(study, backend, workers, threads)
         key = (backend, workers, result.backend.torch_threads_per_worker)
         times[key], rows[key] = t, [c.rows for c in result.cells]
         ph = result.timings
-        table[f"{backend} x{workers}, {key[2]} thread(s) each"] = {
+        table[key] = {
             "backend": backend, "workers": workers, "threads_per_worker": key[2], "wall_s": round(t, 2),
             "builds_s": round(ph["phase1_builds_s"], 2), "cells_s": round(ph["phase3_cells_s"], 2),
             "cells": result.counts.cells_computed, "cpu_s": round(ph["computed_cpu_s"], 2)}
@@ -98,9 +98,10 @@ def main() -> None:
     if args.results:
         from mesascope.provenance import write_results
 
-        for key, row in zip(times, table.values()):  # speed-up over the 1-worker, 1-thread run
-            row["speed_up_over_local_x1_1_thread"] = round(times[one] / times[key], 3) if one in times else None
-        write_results(args.results, {"bench": "sweep_scaling", "settings": vars(args), "runs": table,
+        out = {f"{b} x{w}, {th} thread(s) each": {**row, "speed_up_over_local_x1_1_thread":
+                                                   round(times[one] / times[(b, w, th)], 3) if one in times else None}
+               for (b, w, th), row in table.items()}
+        write_results(args.results, {"bench": "sweep_scaling", "settings": vars(args), "runs": out,
                                      "identical_cell_results_at_one_thread": all(same)},
                       command="python bench/sweep_scaling.py " + shlex.join(sys.argv[1:]))
         print(f"wrote {args.results}")

@@ -193,8 +193,8 @@ def run_game(out: str | Path, *, seed: int = 0, n: int = 8, size: str = "default
                 verdicts[name][path.name] = v.model_dump(mode="json")
         progress("audit: auditors", len(organisms), len(organisms))
     # This call's wall time (a rerun that reuses the stored builds says so with a small build figure).
-    wall = {"build": round(build_s, 2), "auditors": round(time.perf_counter() - t0 - build_s, 2),
-            "total": round(time.perf_counter() - t0, 2)}
+    total = time.perf_counter() - t0
+    wall = {"build": round(build_s, 2), "auditors": round(total - build_s, 2), "total": round(total, 2)}
     write_results(out / "verdicts.json", {"auditors": names, "verdicts": verdicts, "wall_seconds": wall})
     return verdicts
 
