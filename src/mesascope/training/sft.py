@@ -134,6 +134,17 @@ def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], prompt_w
     return loss + prompt_weight * mean_ce(prompt) if prompt_weight and prompt is not None else loss
 
 
+def lr_at(spec: TrainSpec, step: int, schedule: Literal["cosine", "constant"] = "cosine") -> float:
+    """The learning rate of optimizer step `step` (from 0): linear warm-up, then cosine decay (or constant)."""
+    warm = max(1, int(spec.warmup_fraction * spec.steps))
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    if schedule == "constant":
+        return spec.lr
+    progress = (step - warm) / max(1, spec.steps - warm)
+    return spec.lr * (spec.min_lr_fraction + (1 - spec.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
 class SFTTrainer:
     def __init__(self, model: PreTrainedModel, data: list[tuple[list[int], int]], spec: TrainSpec, *, pad_id: int,
                  seed: int, schedule: Literal["cosine", "constant"] = "cosine", ckpt_dir: Path | None = None,
@@ -163,14 +174,7 @@ class SFTTrainer:
         self._perms: dict[int, list[int]] = {}
 
     def lr_at(self, step: int) -> float:
-        s = self.spec
-        warm = max(1, int(s.warmup_fraction * s.steps))
-        if step < warm:
-            return s.lr * (step + 1) / warm
-        if self.schedule == "constant":
-            return s.lr
-        progress = (step - warm) / max(1, s.steps - warm)
-        return s.lr * (s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        return lr_at(self.spec, step, self.schedule)
 
     def batch_indices(self, step: int) -> list[int]:
         """The examples of batch `step`: a pure function of (seed, step), so resumes are exact.
@@ -246,7 +250,11 @@ class SFTTrainer:
             torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
             atomic_write_json(tmp / "state.json", {"step": self.step, "log": self.log})
         for old in self.ckpt_dir.glob("step-*"):
-            if old != final:
+            if old == final:
+                continue
+            if self.spec.keep_checkpoints:  # weights kept for TracIn (detectors/attribution.py); optimizer state not
+                (old / "optimizer.pt").unlink(missing_ok=True)
+            else:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
