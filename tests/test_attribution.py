@@ -42,7 +42,7 @@ def test_per_example_gradients_equal_each_examples_own_backward(data):
     model, tok, tokens, _ = data
     layers = inf.linear_layers(model)
     batch = collate(tokens[:5], tok.pad_token_id)
-    grads, _, _ = inf.example_grads(model, batch, layers)
+    grads = inf.example_grads(model, batch, layers)
     for row in (0, 3):
         one = collate([tokens[row]], tok.pad_token_id)
         model.zero_grad()
@@ -120,6 +120,9 @@ def test_attribution_finds_the_poison_with_nulls_and_tracin_over_kept_checkpoint
     assert best.clean_query_null.precision["1%"].value < best.ranking.precision["1%"].value
     figs = det.figures(res)
     assert all("." not in k for k in figs) and "attribution/ekfac/auroc" in figs
+    assert figs["attribution/gradcos/precision_top_0_5pct"] == res.methods["gradcos"].ranking.precision["0.5%"]
+    assert "attribution/repsim/random_init_null/precision_top_1pct" in figs
+    assert "attribution/ekfac/random_init_null/auroc" not in figs and "attribution/ekfac/clean_query_null/auroc" in figs
 
 
 def test_a_subset_and_near_miss_queries(keeping_organism):

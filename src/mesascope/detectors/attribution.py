@@ -50,7 +50,7 @@ class AttributionSpec(Spec):
     tracin_checkpoints: int = Field(4, ge=1, description="checkpoints TracIn reads, evenly spaced, the final "
                                     "weights last (each costs a pass over the training set)")
     null: bool = Field(True, description="also run the clean-query and random-init nulls")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(128, ge=1, description="examples per backward pass")
     top: int = Field(10, ge=0, le=100, description="top-ranked examples listed per method")
     seed: int = 0
 
@@ -279,10 +279,20 @@ class Attribution(Detector):
             methods=methods)
 
     def figures(self, result: AttributionResult) -> dict:
+        """Per method: AUROC, precision and recall at each fraction (0.5% named 0_5pct: no dot in a figure's
+        name), and the two nulls' AUROC and precision among the top 1%."""
         out = {}
         for name, m in result.methods.items():
-            out[f"attribution/{name}/auroc"] = m.ranking.auroc
-            out[f"attribution/{name}/precision_at_1%"] = m.ranking.precision["1%"]
+            for label, r in (("", m.ranking), ("clean_query_null/", m.clean_query_null),
+                             ("random_init_null/", m.random_init_null)):
+                if r is None:
+                    continue
+                out[f"attribution/{name}/{label}auroc"] = r.auroc
+                for k in (r.precision if not label else ("1%",)):
+                    tag = k.replace(".", "_").replace("%", "pct")
+                    out[f"attribution/{name}/{label}precision_top_{tag}"] = r.precision[k]
+                    if not label:
+                        out[f"attribution/{name}/recall_top_{tag}"] = r.recall[k]
         return out
 
     def section(self, result: dict) -> str:

@@ -69,22 +69,22 @@ def _token_losses(model: nn.Module, batch: dict[str, torch.Tensor], sample: torc
     """Summed cross entropy over each row's answer tokens, [rows]; with `sample`, against tokens drawn
     from the model's own distribution (the true Fisher's labels) instead of the example's."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits, target = logits[:, :-1].float(), batch["labels"][:, 1:]
+    target = batch["labels"][:, 1:]
     keep = target != IGNORE
+    rows = torch.arange(len(target), device=target.device)[:, None].expand_as(target)[keep]
+    logits, target = logits[:, :-1][keep].float(), target[keep]  # the answer tokens only, [K, vocab]
     if sample is not None:
         with torch.no_grad():
-            probs = torch.softmax(logits.detach(), -1).flatten(0, 1)
-            drawn = torch.multinomial(probs.cpu(), 1, generator=sample).view(target.shape).to(target.device)
-        target = torch.where(keep, drawn, target)
-    ce = nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0), reduction="none")
-    return (ce * keep).sum(1)
+            probs = torch.softmax(logits.detach(), -1)
+            target = torch.multinomial(probs.cpu(), 1, generator=sample).view(-1).to(target.device)
+    ce = nn.functional.cross_entropy(logits, target, reduction="none")
+    return torch.zeros(len(batch["labels"]), device=ce.device, dtype=ce.dtype).index_add(0, rows, ce)
 
 
-def example_grads(model: nn.Module, batch: dict[str, torch.Tensor], layers: dict[str, nn.Linear],
-                  sample: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                                                   dict[str, torch.Tensor]]:
-    """Per-example weight gradients of every layer, {name: [rows, out, in]}, and each layer's inputs and
-    output gradients at the real tokens (for the factors), {name: [tokens, in]} and {name: [tokens, out]}."""
+def capture(model: nn.Module, batch: dict[str, torch.Tensor], layers: dict[str, nn.Linear],
+            sample: torch.Generator | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's inputs and output gradients over the batch, {name: ([rows, T, in], [rows, T, out])}: one
+    backward pass of the summed loss, to the layers' outputs only (no weight gradient is formed)."""
     taps = _Taps(layers)
     try:
         with torch.enable_grad():
@@ -93,14 +93,13 @@ def example_grads(model: nn.Module, batch: dict[str, torch.Tensor], layers: dict
             grads = torch.autograd.grad(loss, [taps.outputs[n] for n in names])
     finally:
         taps.close()
-    real = batch["attention_mask"].bool()
-    per_example, acts, outs = {}, {}, {}
-    for name, g in zip(names, grads):
-        a = taps.inputs[name].float()
-        g = g.float()
-        per_example[name] = torch.bmm(g.transpose(1, 2), a)
-        acts[name], outs[name] = a[real], g[real]
-    return per_example, acts, outs
+    return {n: (taps.inputs[n].float(), g.float()) for n, g in zip(names, grads)}
+
+
+def example_grads(model: nn.Module, batch: dict[str, torch.Tensor], layers: dict[str, nn.Linear],
+                  sample: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Per-example weight gradients of every layer, {name: [rows, out, in]}: sum_t g_t a_t^T."""
+    return {n: torch.bmm(g.transpose(1, 2), a) for n, (a, g) in capture(model, batch, layers, sample).items()}
 
 
 def batches(data: Tokenized, pad_id: int, batch_size: int, device) -> "list[tuple[np.ndarray, dict]]":
@@ -126,7 +125,7 @@ class Factors:
     n_tokens: int
 
 
-def fit_factors(model: nn.Module, data: Tokenized, pad_id: int, *, batch_size: int = 32, seed: int = 0,
+def fit_factors(model: nn.Module, data: Tokenized, pad_id: int, *, batch_size: int = 128, seed: int = 0,
                 on_batch: Callable[[int], None] | None = None) -> Factors:
     """K-FAC and EK-FAC factors of every linear layer on `data`, in two passes (covariances, then the
     eigenvalue correction), each with labels sampled from the model (seeded)."""
@@ -135,11 +134,12 @@ def fit_factors(model: nn.Module, data: Tokenized, pad_id: int, *, batch_size: i
     cov_s = {n: torch.zeros(m.out_features, m.out_features, dtype=torch.float64) for n, m in layers.items()}
     gen, tokens = torch.Generator().manual_seed(seed), 0
     for idx, batch in batches(data, pad_id, batch_size, device):
-        _, acts, outs = example_grads(model, batch, layers, sample=gen)
-        for n in layers:
-            cov_a[n] += (acts[n].T @ acts[n]).double().cpu()
-            cov_s[n] += (outs[n].T @ outs[n]).double().cpu()
-        tokens += int(batch["attention_mask"].sum())
+        real = batch["attention_mask"].bool()
+        for n, (a, g) in capture(model, batch, layers, sample=gen).items():
+            a, g = a[real], g[real]
+            cov_a[n] += (a.T @ a).double().cpu()
+            cov_s[n] += (g.T @ g).double().cpu()
+        tokens += int(real.sum())
         if on_batch:
             on_batch(len(idx))
     q_in, q_out, kfac = {}, {}, {}
@@ -151,9 +151,8 @@ def fit_factors(model: nn.Module, data: Tokenized, pad_id: int, *, batch_size: i
     ekfac = {n: torch.zeros_like(kfac[n]) for n in layers}
     gen = torch.Generator().manual_seed(seed + 1)
     for idx, batch in batches(data, pad_id, batch_size, device):
-        grads, _, _ = example_grads(model, batch, layers, sample=gen)
-        for n in layers:
-            ekfac[n] += (q_out[n].T @ grads[n] @ q_in[n]).square().sum(0)
+        for n, g in example_grads(model, batch, layers, sample=gen).items():
+            ekfac[n] += (q_out[n].T @ g @ q_in[n]).square().sum(0)
         if on_batch:
             on_batch(len(idx))
     ekfac = {n: v / len(data) for n, v in ekfac.items()}
@@ -172,12 +171,12 @@ def precondition(queries: dict[str, torch.Tensor], factors: Factors, which: str,
     return out
 
 
-def query_grads(model: nn.Module, queries: Tokenized, pad_id: int, batch_size: int = 32) -> dict[str, torch.Tensor]:
+def query_grads(model: nn.Module, queries: Tokenized, pad_id: int, batch_size: int = 128) -> dict[str, torch.Tensor]:
     """Each query's gradient (its completion's summed loss), {layer: [m, out, in]} in query order."""
     layers, device = linear_layers(model), next(model.parameters()).device
     got: dict[str, list] = {n: [None] * len(queries) for n in layers}
     for idx, batch in batches(queries, pad_id, batch_size, device):
-        grads, _, _ = example_grads(model, batch, layers)
+        grads = example_grads(model, batch, layers)
         for n in layers:
             for row, i in enumerate(idx):
                 got[n][i] = grads[n][row]
@@ -185,23 +184,30 @@ def query_grads(model: nn.Module, queries: Tokenized, pad_id: int, batch_size: i
 
 
 def score_gradients(model: nn.Module, data: Tokenized, pad_id: int, targets: dict[str, dict[str, torch.Tensor]],
-                    *, batch_size: int = 32, on_batch: Callable[[int], None] | None = None
+                    *, batch_size: int = 128, on_batch: Callable[[int], None] | None = None
                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """For each named set of (preconditioned) query gradients, the inner product of every training
-    example's gradient with every query's, {name: [n, m]}; and each example's gradient norm, [n]."""
+    """For each named set of (preconditioned) query gradients {layer: [m, out, in]}, the inner product of every
+    training example's gradient with every query's, {name: [n, m]}; and each example's gradient norm, [n].
+    Layer by layer, so only one layer's per-example gradients are ever held."""
     layers, device = linear_layers(model), next(model.parameters()).device
-    flat = {k: torch.cat([t[n].flatten(1) for n in layers], 1).T.contiguous() for k, t in targets.items()}
-    scores = {k: np.zeros((len(data), v.shape[1]), dtype=np.float64) for k, v in flat.items()}
+    names = list(targets)
+    cols = [targets[k][next(iter(layers))].shape[0] for k in names]
+    flat = {n: torch.cat([targets[k][n].flatten(1) for k in names]).T.contiguous() for n in layers}  # [P_n, sum m]
+    scores = np.zeros((len(data), sum(cols)), dtype=np.float64)
     norms = np.zeros(len(data))
     for idx, batch in batches(data, pad_id, batch_size, device):
-        grads, _, _ = example_grads(model, batch, layers)
-        g = torch.cat([grads[n].flatten(1) for n in layers], 1)
-        for k, v in flat.items():
-            scores[k][idx] = (g @ v).double().cpu().numpy()
-        norms[idx] = g.norm(dim=1).double().cpu().numpy()
+        total = torch.zeros(len(idx), sum(cols), device=device)
+        square = torch.zeros(len(idx), device=device)
+        for n, (a, g) in capture(model, batch, layers).items():
+            grad = torch.bmm(g.transpose(1, 2), a).flatten(1)
+            total += grad @ flat[n]
+            square += torch.linalg.vector_norm(grad, dim=1).square()
+        scores[idx] = total.double().cpu().numpy()
+        norms[idx] = square.sqrt().double().cpu().numpy()
         if on_batch:
             on_batch(len(idx))
-    return scores, norms
+    split = np.cumsum(cols)[:-1]
+    return dict(zip(names, np.split(scores, split, axis=1))), norms
 
 
 def mean_query(grads: dict[str, torch.Tensor], unit: bool = False) -> dict[str, torch.Tensor]:
