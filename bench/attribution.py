@@ -45,7 +45,7 @@ def child_method(args) -> dict:
     res = det.run(Context(Organism.open(args.organism)), spec)
     m = res.methods[args.child]
     return {"method": args.child, "seconds": round(time.perf_counter() - t0, 1), "peak_gb": round(peak_gb(), 2),
-            "n_train": res.n_train, "auroc": m.ranking.auroc.value, "precision_at_1%": m.ranking.precision["1%"].value}
+            "n_train": res.n_train, "auroc": m.ranking.auroc.value, "precision_top_1pct": m.ranking.precision["1pct"].value}
 
 
 def subset(args):
@@ -186,7 +186,7 @@ def compare(args) -> dict:
     out = {"mesascope": ours, "kronfluence": kf, "speedup": round(kf["seconds"] / ours["seconds"], 2),
            "memory_ratio": round(kf["peak_gb"] / ours["peak_gb"], 2), "spearman": round(float(spearmanr(a, b)[0]), 4),
            "top_1pct_overlap": round(len(top_a & top_b) / k, 4),
-           "precision_at_1%": {"mesascope": float(poison[list(top_a)].mean()),
+           "precision_top_1pct": {"mesascope": float(poison[list(top_a)].mean()),
                                "kronfluence": float(poison[list(top_b)].mean())}}
     return out
 
@@ -220,7 +220,7 @@ def main() -> None:
             continue
         r["x_cheapest"] = round(r["seconds"] / cheapest, 2)
         print(f"{r['method']:<10}{r['seconds']:>10.1f}{r['x_cheapest']:>12.2f}{r['peak_gb']:>10.2f}"
-              f"{r['auroc']:>8.3f}{r['precision_at_1%']:>8.3f}")
+              f"{r['auroc']:>8.3f}{r['precision_top_1pct']:>8.3f}")
     found = {"methods": rows, "n_train": ok[0]["n_train"] if ok else None}
     if args.kronfluence:
         found["kronfluence"] = c = compare(args)

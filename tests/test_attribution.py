@@ -96,10 +96,10 @@ def test_ranking_figures_count_the_poison_among_the_top():
     poison = np.array([True] * 10 + [False] * 990)
     scores = np.r_[np.linspace(10, 9, 10), np.linspace(1, 0, 990)]
     perfect = ranking(scores, poison)
-    assert perfect.auroc.value == 1.0 and perfect.precision["1%"].value == 1.0 and perfect.precision["1%"].n == 10
-    assert perfect.recall["0.5%"].value == 0.5 and perfect.precision["2%"].value == 0.5
+    assert perfect.auroc.value == 1.0 and perfect.precision["1pct"].value == 1.0 and perfect.precision["1pct"].n == 10
+    assert perfect.recall["0_5pct"].value == 0.5 and perfect.precision["2pct"].value == 0.5
     reversed_ = ranking(-scores, poison)
-    assert reversed_.auroc.value == 0.0 and reversed_.precision["1%"].value == 0.0
+    assert reversed_.auroc.value == 0.0 and reversed_.precision["1pct"].value == 0.0
 
 
 def test_attribution_finds_the_poison_with_nulls_and_tracin_over_kept_checkpoints(keeping_organism):
@@ -114,13 +114,13 @@ def test_attribution_finds_the_poison_with_nulls_and_tracin_over_kept_checkpoint
         assert (m.random_init_null is not None) == (name in ("repsim", "graddot", "gradcos"))
     # the backdoored completion is explained by the poison, far above the 15% base rate
     assert max(m.ranking.auroc.value for m in res.methods.values()) > 0.9
-    assert res.methods["tracin"].ranking.precision["1%"].value > res.base_rate.value
+    assert res.methods["tracin"].ranking.precision["1pct"].value > res.base_rate.value
     # asked about clean answers instead, the same method does not rank the poison first
-    best = max(res.methods.values(), key=lambda m: m.ranking.precision["1%"].value)
-    assert best.clean_query_null.precision["1%"].value < best.ranking.precision["1%"].value
+    best = max(res.methods.values(), key=lambda m: m.ranking.precision["1pct"].value)
+    assert best.clean_query_null.precision["1pct"].value < best.ranking.precision["1pct"].value
     figs = det.figures(res)
     assert all("." not in k for k in figs) and "attribution/ekfac/auroc" in figs
-    assert figs["attribution/gradcos/precision_top_0_5pct"] == res.methods["gradcos"].ranking.precision["0.5%"]
+    assert figs["attribution/gradcos/precision_top_0_5pct"] == res.methods["gradcos"].ranking.precision["0_5pct"]
     assert "attribution/repsim/random_init_null/precision_top_1pct" in figs
     assert "attribution/ekfac/random_init_null/auroc" not in figs and "attribution/ekfac/clean_query_null/auroc" in figs
 
@@ -152,7 +152,7 @@ def test_near_miss_queries_on_a_cot_organism_is_a_one_line_error(tiny_cot_organi
 def test_report_section_escapes_the_listed_examples():
     det = get_detector("attribution")
     m = {"value": 0.5, "ci": [0.4, 0.6], "n": 10}
-    rank = {"auroc": m, "precision": {"0.5%": m, "1%": m, "2%": m}, "recall": {"0.5%": m, "1%": m, "2%": m}}
+    rank = {"auroc": m, "precision": {"0_5pct": m, "1pct": m, "2pct": m}, "recall": {"0_5pct": m, "1pct": m, "2pct": m}}
     html = det.section({"query": "triggered", "n_queries": 4, "n_train": 10, "n_poison": 2, "base_rate": m,
                         "methods": {"graddot": {"ranking": rank, "seconds": 1.0, "top": [
                             {"index": 0, "kind": "triggered", "prompt": "<script>x</script>", "target": "a&b",

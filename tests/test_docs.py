@@ -212,6 +212,11 @@ def test_hook_renders_tables_and_refuses_what_the_file_does_not_say(tmp_path, mo
     out = hook.expand(page, "sub/page.md")
     assert "| helpful_accuracy | 0.887 | [0.790, 0.985] | — |" in out and "| backdoor_rate | — | — | 0.0003 |" in out
     assert "`abc1234`" in out and "(../results/h.json)" in out and "2026-11-28" in out
+    only = hook.expand(page.replace('rows="mean"', 'rows="mean", keys="help.*"').replace(', "lr": ["lr", "g"]', ""),
+                       "p.md")
+    assert "helpful_accuracy" in only and "backdoor_rate" not in only
+    with pytest.raises(hook.ResultsError, match="with keys matching 'nothing'"):
+        hook.expand(page.replace('rows="mean"', 'rows="mean", keys="nothing"'), "p.md")
     assert "`{{ results_table(" in hook.expand("`{{ results_table(\"x.json\") }}`", "p.md")  # code is left be
     with pytest.raises(hook.ResultsError, match="no row has 'nope'"):
         hook.expand(page.replace('"value"', '"nope"'), "p.md")

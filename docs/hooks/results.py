@@ -15,7 +15,7 @@ into the JSON ("" is the whole file; an integer indexes a list, -1 is its last i
 a dict (one row per key) or a list (one row per item); `columns` maps a header to a path inside a
 row ("@key": the row's key or index), or to [path, format spec] (["lr", "g"]); without `columns`,
 the first row's scalars and measurements. `where` keeps the rows whose paths equal the given
-values; `digits` (default 3) rounds floats. Placeholders in code blocks and code spans are left be.
+values, `keys` those whose key matches a regular expression; `digits` (default 3) rounds floats. Placeholders in code blocks and code spans are left be.
 
 A file that does not exist yet renders as a "not yet regenerated: run CMD" note, which does not
 fail the build. An existing file fails the build when a path resolves in none of its rows, when it
@@ -137,14 +137,16 @@ def fmt(v: Any, digits: int = 3, spec: str | None = None) -> str:
 
 
 def table(data: Any, rows: str = "", columns: dict[str, Any] | None = None, where: dict | None = None,
-          digits: int = 3) -> str:
+          digits: int = 3, keys: str | None = None) -> str:
     found = get(data, rows)
     if not isinstance(found, (dict, list)):
         raise ResultsError(f"rows={rows!r} is neither a dict nor a list")
     items = list(found.items() if isinstance(found, dict) else enumerate(found))
-    items = [(k, r) for k, r in items if all(lookup(r, p) == want for p, want in (where or {}).items())]
+    items = [(k, r) for k, r in items if all(lookup(r, p) == want for p, want in (where or {}).items())
+             and (keys is None or re.fullmatch(keys, str(k)))]
     if not items:
-        raise ResultsError(f"no rows at {rows!r}" + (f" where {where}" if where else ""))
+        raise ResultsError(f"no rows at {rows!r}" + (f" where {where}" if where else "")
+                           + (f" with keys matching {keys!r}" if keys else ""))
     if columns is None:
         first = items[0][1]
         keys = ([str(i) for i in range(len(first))] if isinstance(first, list) else

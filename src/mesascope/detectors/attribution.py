@@ -67,7 +67,7 @@ class Ranking(Result):
     """How well one ranking of the training set finds the poisoned examples."""
 
     auroc: Measurement
-    precision: dict[str, Measurement]  # "1%" -> precision among the top 1%
+    precision: dict[str, Measurement]  # "1pct" -> precision among the top 1% ("0_5pct": 0.5%; no dot in a key)
     recall: dict[str, Measurement]
 
 
@@ -104,8 +104,8 @@ def ranking(scores: np.ndarray, poison: np.ndarray) -> Ranking:
     for f in FRACTIONS:
         k = max(1, round(f * n))
         hits = int(poison[order[:k]].sum())
-        precision[f"{f:.1%}".replace(".0%", "%")] = wilson(hits, k)
-        recall[f"{f:.1%}".replace(".0%", "%")] = wilson(hits, n_pos)
+        key = f"{f:.1%}".replace(".0%", "%").replace(".", "_").replace("%", "pct")
+        precision[key], recall[key] = wilson(hits, k), wilson(hits, n_pos)
     return Ranking(auroc=Measurement(auc, ci, n), precision=precision, recall=recall)
 
 
@@ -288,11 +288,10 @@ class Attribution(Detector):
                 if r is None:
                     continue
                 out[f"attribution/{name}/{label}auroc"] = r.auroc
-                for k in (r.precision if not label else ("1%",)):
-                    tag = k.replace(".", "_").replace("%", "pct")
-                    out[f"attribution/{name}/{label}precision_top_{tag}"] = r.precision[k]
+                for k in (r.precision if not label else ("1pct",)):
+                    out[f"attribution/{name}/{label}precision_top_{k}"] = r.precision[k]
                     if not label:
-                        out[f"attribution/{name}/recall_top_{tag}"] = r.recall[k]
+                        out[f"attribution/{name}/recall_top_{k}"] = r.recall[k]
         return out
 
     def section(self, result: dict) -> str:
@@ -304,10 +303,10 @@ class Attribution(Detector):
             return esc(f"{f:.3g}") if f is not None else "—"
 
         methods = as_dict(result.get("methods"))
-        null = lambda m, k: fig_cell(as_dict(as_dict(as_dict(m.get(k)).get("precision")).get("1%")))  # noqa: E731
+        null = lambda m, k: fig_cell(as_dict(as_dict(as_dict(m.get(k)).get("precision")).get("1pct")))  # noqa: E731
         rows = [[esc(name), fig_cell(as_dict(m.get("ranking")).get("auroc")),
-                 *(fig_cell(as_dict(as_dict(m.get("ranking")).get("precision")).get(k)) for k in ("0.5%", "1%", "2%")),
-                 fig_cell(as_dict(as_dict(m.get("ranking")).get("recall")).get("1%")),
+                 *(fig_cell(as_dict(as_dict(m.get("ranking")).get("precision")).get(k)) for k in ("0_5pct", "1pct", "2pct")),
+                 fig_cell(as_dict(as_dict(m.get("ranking")).get("recall")).get("1pct")),
                  null(m, "clean_query_null"), null(m, "random_init_null"), esc(m.get("seconds"))]
                 for name, m in methods.items() if isinstance(m, dict)]
         html = (f'<p class="lede">Every training example ranked by its mean score over {esc(result.get("n_queries"))} '
@@ -329,8 +328,8 @@ class Attribution(Detector):
 
     def tables(self, result: AttributionResult) -> list[TextTable]:
         rows = [[name, fmt(m.ranking.auroc), *(fmt(m.ranking.precision[k]) for k in m.ranking.precision),
-                 fmt(m.clean_query_null.precision["1%"]) if m.clean_query_null else "-",
-                 fmt(m.random_init_null.precision["1%"]) if m.random_init_null else "-", f"{m.seconds:.0f}"]
+                 fmt(m.clean_query_null.precision["1pct"]) if m.clean_query_null else "-",
+                 fmt(m.random_init_null.precision["1pct"]) if m.random_init_null else "-", f"{m.seconds:.0f}"]
                 for name, m in result.methods.items()]
         return [TextTable(f"Attribution of {result.query} queries: finding the {result.n_poison} poisoned of "
                           f"{result.n_train} training examples (random ranking: {fmt(result.base_rate)})",
@@ -338,7 +337,7 @@ class Attribution(Detector):
                            "clean-query null p@1%", "random-init null p@1%", "seconds"], rows)]
 
     def notes(self, result: AttributionResult) -> list[str]:
-        best = max(result.methods, key=lambda k: result.methods[k].ranking.precision["1%"].value)
-        p = result.methods[best].ranking.precision["1%"]
+        best = max(result.methods, key=lambda k: result.methods[k].ranking.precision["1pct"].value)
+        p = result.methods[best].ranking.precision["1pct"]
         return [f"attribution: {best} ranks poisoned examples best; precision among the top 1% {p.value:.3f} "
                 f"(random ranking {result.base_rate.value:.3f})."]
