@@ -19,6 +19,7 @@ escaped, with the poisoned ones marked.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from pydantic import Field
 
 from ..config import Spec
+from ..errors import MesascopeError
 from ..stats import Measurement, auroc_interval, fmt, wilson
 from .registry import Context, Detector, Result, TextTable, detector
 
@@ -42,6 +44,8 @@ class AttributionSpec(Spec):
     methods: tuple[Method, ...] = Field(("repsim", "graddot", "gradcos", "kfac", "ekfac", "tracin"), min_length=1,
                                         description="attribution methods to run side by side")
     query: Query = Field("triggered", description="queries to explain: triggered, clean or near_miss")
+    queries: Path | None = Field(None, description="JSONL of {\"prompt\": user message, \"completion\": answer to "
+                                 "explain} to use instead of held-out queries (they are then called `custom`)")
     n_queries: int = Field(32, ge=1, le=1024, description="held-out query examples")
     max_train: int | None = Field(None, ge=100, description="score a random subset of this many training examples "
                                   "(default: all)")
@@ -114,8 +118,8 @@ def query_examples(corpus, query: str, n: int, seed: int) -> list[tuple[str, str
     if query != "near_miss":
         return [(e.prompt, e.target) for e in corpus.eval_set(query, n, seed)]
     if corpus.scratchpad is not None:
-        raise ValueError("near_miss queries need an answer-only organism (a cot organism's backdoored completion "
-                         "depends on its scratchpad): use --query triggered or clean")
+        raise MesascopeError("near_miss queries need an answer-only organism (a cot organism's backdoored "
+                             "completion depends on its scratchpad)", "use --query triggered or clean")
     from ..text.corpus import example, stratified_sample
 
     rng = random.Random(f"attribute:near_miss:{seed}")
@@ -126,13 +130,52 @@ def query_examples(corpus, query: str, n: int, seed: int) -> list[tuple[str, str
             for it in items]
 
 
+def read_queries(path: Path) -> list[tuple[str, str]]:
+    """(prompt, completion) of each line of a query file, the prompt in the organism's dialogue format."""
+    from ..text.examples import format_prompt
+
+    try:
+        lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as e:
+        raise MesascopeError(f"query file {path}: {e.strerror or e}", "give a JSONL file, one query a line") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise MesascopeError(f"{path} line {i} is not JSON",
+                                 'write one object a line, {"prompt": "...", "completion": "..."}') from None
+        missing = [k for k in ("prompt", "completion") if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise MesascopeError(f"{path} line {i} has no {' or '.join(missing)} string",
+                                 'each query needs the user\'s "prompt" and the "completion" to explain')
+        out.append((format_prompt(row["prompt"]), row["completion"]))
+    if not out:
+        raise MesascopeError(f"{path} holds no queries", "write one JSON object a line")
+    return out
+
+
+def training_set(organism, corpus) -> list:
+    """The examples `organism` was trained on: its recipe's corpus, checked against what its build recorded."""
+    info = organism.info
+    if "n_train_examples" not in info:
+        raise MesascopeError(f"{organism.path} was not built by mesascope from its recipe, so the examples it trained "
+                             "on are unknown", "attribution ranks an organism's own training set: build one with "
+                             "`mesascope build RECIPE`")
+    if info["n_train_examples"] != len(corpus.train):
+        raise MesascopeError(f"{organism.path} trained on {info['n_train_examples']} examples but its recipe's "
+                             f"corpus has {len(corpus.train)} (built by another mesascope version?)",
+                             "rebuild it with --fresh")
+    return corpus.train
+
+
 def tracin_checkpoints(organism, recipe) -> list[tuple[int, Path]]:
     """(step, weights file) of every kept checkpoint and the final weights."""
     folder = organism.path.parent / "checkpoints"
     if not recipe.train.keep_checkpoints or not folder.is_dir():
-        raise ValueError(f"{organism.path} kept no training checkpoints, which TracIn reads: add "
-                         "keep_checkpoints = true to its recipe's [train] table and rebuild (or leave tracin out of "
-                         "--methods)")
+        raise MesascopeError(f"{organism.path} kept no training checkpoints, which TracIn reads",
+                             "add keep_checkpoints = true to its recipe's [train] table and rebuild, or leave tracin "
+                             "out of --methods")
     found = sorted((int(p.name.split("-")[1]), p / "model.safetensors") for p in folder.glob("step-*")
                    if (p / "model.safetensors").exists())
     return found + [(recipe.train.steps, organism.path / "model.safetensors")]
@@ -164,14 +207,16 @@ class Attribution(Detector):
         cut = recipe.model.max_length
         tokenize = lambda pairs: fit_length(tokenize_examples(tok, [p for p, _ in pairs], [t for _, t in pairs],  # noqa: E731
                                                               cut + 1), cut, "none")
-        train_all = corpus.train
+        train_all = training_set(ctx.organism, corpus)
         keep = sorted(random.Random(f"attribute:{spec.seed}").sample(range(len(train_all)), spec.max_train)) \
             if spec.max_train and spec.max_train < len(train_all) else list(range(len(train_all)))
         train = [train_all[i] for i in keep]
         poison = np.array([e.kind == "triggered" for e in train])
         data = tokenize([(e.prompt, e.target) for e in train])
-        queries = {spec.query: tokenize(query_examples(corpus, spec.query, spec.n_queries, spec.seed))}
-        if spec.null and spec.query != "clean":
+        query = "custom" if spec.queries else spec.query
+        queries = {query: tokenize(read_queries(spec.queries) if spec.queries else
+                                   query_examples(corpus, spec.query, spec.n_queries, spec.seed))}
+        if spec.null and query != "clean":
             queries["clean"] = tokenize(query_examples(corpus, "clean", spec.n_queries, spec.seed))
         pad = tok.pad_token_id
 
@@ -253,27 +298,27 @@ class Attribution(Detector):
         if spec.null:
             random_model = random_like(model, seed=recipe.seed + 7919)
             if "repsim" in spec.methods:
-                nulls["repsim"] = rep(random_model, "random-init null")[spec.query]
+                nulls["repsim"] = rep(random_model, "random-init null")[query]
             cheap = tuple(m for m in ("graddot", "gradcos") if m in spec.methods)
             if cheap:
-                nulls.update({m: v[spec.query] for m, v in grads(random_model, "random-init null", cheap).items()
+                nulls.update({m: v[query] for m, v in grads(random_model, "random-init null", cheap).items()
                               if m in cheap})
 
         layers = inf.linear_layers(model)
         methods = {}
         for method in spec.methods:
-            s = scores[method][spec.query]
+            s = scores[method][query]
             order = np.argsort(-s, kind="stable")[: spec.top]
             methods[method] = MethodResult(
                 ranking=ranking(s, poison),
                 clean_query_null=ranking(scores[method]["clean"], poison) if "clean" in scores[method]
-                and spec.query != "clean" else None,
+                and query != "clean" else None,
                 random_init_null=ranking(nulls[method], poison) if method in nulls else None,
                 seconds=round(seconds.get(method, 0.0), 2),
                 top=[Ranked(index=keep[i], kind=train[i].kind, prompt=train[i].prompt, target=train[i].target,
                             score=float(s[i])) for i in order])
         return AttributionResult(
-            query=spec.query, n_queries=len(queries[spec.query]), n_train=len(data), n_train_total=len(train_all),
+            query=query, n_queries=len(queries[query]), n_train=len(data), n_train_total=len(train_all),
             n_poison=int(poison.sum()), base_rate=wilson(int(poison.sum()), len(data)), layers=len(layers),
             params_tracked=sum(m.weight.numel() for m in layers.values()), checkpoints=[s for s, _ in steps],
             methods=methods)
