@@ -223,3 +223,15 @@ def test_bad_input_on_the_command_line_is_one_line_naming_the_fix(tmp_path, tiny
     model = next(iter(hf_model_dirs.values()))
     assert "not built by mesascope" in fails(str(model), "--recipe", str(recipe), "--methods", "repsim")
     assert "no recipe.json" in fails(str(model), "--methods", "repsim")
+
+
+def test_few_and_many_query_columns_score_alike(data):
+    """One or two columns take the product without forming per-example gradients; more form them: same scores."""
+    model, tok, tokens, _ = data
+    q = inf.query_grads(model, tokens[:4], tok.pad_token_id)
+    one = {"a": inf.mean_query(q)}
+    few, few_norms = inf.score_gradients(model, tokens, tok.pad_token_id, one, batch_size=5)
+    many, many_norms = inf.score_gradients(model, tokens, tok.pad_token_id, {**one, "all": q}, batch_size=5)
+    np.testing.assert_allclose(few["a"], many["a"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(few_norms, many_norms, rtol=1e-4)
+    np.testing.assert_allclose(many["all"].mean(1), many["a"][:, 0], rtol=1e-4, atol=1e-6)

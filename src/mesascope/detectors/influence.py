@@ -192,18 +192,31 @@ def score_gradients(model: nn.Module, data: Tokenized, pad_id: int, targets: dic
     layers, device = linear_layers(model), next(model.parameters()).device
     names = list(targets)
     cols = [targets[k][next(iter(layers))].shape[0] for k in names]
-    flat = {n: torch.cat([targets[k][n].flatten(1) for k in names]).T.contiguous() for n in layers}  # [P_n, sum m]
-    scores = np.zeros((len(data), sum(cols)), dtype=np.float64)
+    c = sum(cols)
+    stacked = {n: torch.cat([targets[k][n] for k in names]) for n in layers}  # [c, out, in]
+    # Few query columns: sum_t (g_t Q) . a_t as one large matrix product per layer, and the squared norm of
+    # sum_t g_t a_t^T as sum_{t,t'} (g_t . g_t')(a_t . a_t'), never forming the per-example gradients (about
+    # twice as fast at one column). Many: form them once, then one product with all the columns.
+    few = c <= 2
+    right = {n: q.permute(1, 0, 2).reshape(q.shape[1], -1) if few else q.flatten(1).T.contiguous()
+             for n, q in stacked.items()}  # few: [out, c * in]; else [out * in, c]
+    scores = np.zeros((len(data), c), dtype=np.float64)
     norms = np.zeros(len(data))
     for idx, batch in batches(data, pad_id, batch_size, device):
-        total = torch.zeros(len(idx), sum(cols), device=device)
-        square = torch.zeros(len(idx), device=device)
+        rows = len(idx)
+        total = torch.zeros(rows, c, device=device)
+        square = torch.zeros(rows, device=device)
         for n, (a, g) in capture(model, batch, layers).items():
-            grad = torch.bmm(g.transpose(1, 2), a).flatten(1)
-            total += grad @ flat[n]
-            square += torch.linalg.vector_norm(grad, dim=1).square()
+            if few:
+                gq = (g.flatten(0, 1) @ right[n]).view(rows, g.shape[1], c, a.shape[-1])
+                total += torch.einsum("btci,bti->bc", gq, a)
+                square += (torch.bmm(g, g.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
+            else:
+                grad = torch.bmm(g.transpose(1, 2), a).flatten(1)
+                total += grad @ right[n]
+                square += torch.linalg.vector_norm(grad, dim=1).square()
         scores[idx] = total.double().cpu().numpy()
-        norms[idx] = square.sqrt().double().cpu().numpy()
+        norms[idx] = square.clamp_min(0).sqrt().double().cpu().numpy()
         if on_batch:
             on_batch(len(idx))
     split = np.cumsum(cols)[:-1]
