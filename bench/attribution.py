@@ -55,7 +55,7 @@ def subset(args):
     import numpy as np
     import torch
 
-    from mesascope.detectors.attribution import query_examples
+    from mesascope.detectors.attribution_data import query_examples
     from mesascope.detectors.registry import Context
     from mesascope.models.load import load_model
     from mesascope.organisms import Organism

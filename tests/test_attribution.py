@@ -14,7 +14,8 @@ from conftest import make_tiny_recipe
 from mesascope.config import TrainSpec
 from mesascope.errors import MesascopeError
 from mesascope.detectors import influence as inf
-from mesascope.detectors.attribution import ranking, tracin_checkpoints
+from mesascope.detectors.attribution import ranking
+from mesascope.detectors.attribution_data import tracin_checkpoints
 from mesascope.detectors.registry import Context, get_detector
 from mesascope.training.sft import collate, fit_length, tokenize_examples
 
@@ -144,7 +145,7 @@ def test_tracin_without_kept_checkpoints_is_a_one_line_error(tiny_organism):
 
 
 def test_near_miss_queries_on_a_cot_organism_is_a_one_line_error(tiny_cot_organism):
-    from mesascope.detectors.attribution import query_examples
+    from mesascope.detectors.attribution_data import query_examples
 
     with pytest.raises(MesascopeError, match="--query triggered or clean"):
         query_examples(Context(tiny_cot_organism).corpus, "near_miss", 4, 0)
@@ -193,7 +194,7 @@ def test_custom_query_file(tmp_path, keeping_organism):
     ("\n", "holds no queries"),
 ])
 def test_bad_query_files_are_one_line_errors(tmp_path, text, says):
-    from mesascope.detectors.attribution import read_queries
+    from mesascope.detectors.attribution_data import read_queries
 
     (tmp_path / "q.jsonl").write_text(text)
     with pytest.raises(MesascopeError, match=says) as e:
