@@ -5,7 +5,8 @@ Each method runs alone in a fresh process (`mesascope attribute`'s detector with
 nulls), so its peak resident memory is its own. kronfluence (https://github.com/pomonam/kronfluence) is
 what a user would pick instead; it declares a torchvision dependency that breaks `transformers` beside
 the pinned CPU torch, so install it for the bench only: `pip install --no-deps kronfluence einops einconv
-opt-einsum`. Its EK-FAC is fitted on the same examples with the same damping heuristic; the bench prints
+opt-einsum`. Its EK-FAC is fitted on the same examples with the same damping heuristic (kronfluence's
+`damping_factor=None`, 0.1 x each module's mean eigenvalue; its default is an absolute 1e-8); the bench prints
 both times, the ratio, and how alike the two rankings are (Spearman over the scored set, overlap of the
 top 1%, and both precision@1% for the poison).
 
@@ -96,13 +97,14 @@ def child_ours(args) -> dict:
 
 
 def child_kronfluence(args) -> dict:
-    """kronfluence's EK-FAC (all nn.Linear modules, sampled labels, damping 0.1 x mean eigenvalue) on the same data."""
+    """kronfluence's EK-FAC (all nn.Linear modules, sampled labels) on the same data, with the damping mesascope uses:
+    kronfluence's heuristic of 0.1 x each module's mean eigenvalue (`damping_factor=None`; its default is 1e-8)."""
     import tempfile
 
     import numpy as np
     import torch
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments
+    from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
     from kronfluence.utils.dataset import DataLoaderKwargs
     from torch.utils.data import Dataset
@@ -149,7 +151,7 @@ def child_kronfluence(args) -> dict:
     t1 = time.perf_counter()
     analyzer.compute_pairwise_scores("scores", "ekfac", query_dataset=Rows(queries), train_dataset=Rows(data),
                                      per_device_query_batch_size=len(queries), per_device_train_batch_size=32,
-                                     overwrite_output_dir=True)
+                                     score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
     t2 = time.perf_counter()
     scores = analyzer.load_pairwise_scores("scores")["all_modules"].double().mean(0).numpy()
     np.save(args.scores, scores)

@@ -13,7 +13,7 @@ explain); a higher score means training on z made the query's completion more li
   covariances (K-FAC), and in EK-FAC with the eigenvalues in the factors' eigenbasis re-fitted to per-example
   gradients (George et al. 2018; Grosse et al. 2023, Sec. 2.2). The output gradients of the factors use
   labels sampled from the model (the true Fisher), the damping is 0.1 x each layer's mean eigenvalue
-  (kronfluence's default).
+  (kronfluence's heuristic, its `damping_factor=None`; its default is an absolute 1e-8).
 
 Gradients are those of every trainable `nn.Linear` weight (the coverage of kronfluence; embeddings and
 norms are not tracked; an output head tied to the embedding counts as the head only). A linear layer's gradient for one example is sum_t g_t a_t^T over its tokens (the
