@@ -144,6 +144,14 @@ def test_tracin_without_kept_checkpoints_is_a_one_line_error(tiny_organism):
     assert "\n" not in str(e.value)
 
 
+def test_tracin_refuses_a_lora_organisms_adapter_checkpoints(tiny_organism):
+    from types import SimpleNamespace
+
+    lora = SimpleNamespace(base=SimpleNamespace(method="lora"), train=SimpleNamespace(keep_checkpoints=True))
+    with pytest.raises(MesascopeError, match="LoRA organism"):
+        tracin_checkpoints(tiny_organism, lora)
+
+
 def test_near_miss_queries_on_a_cot_organism_is_a_one_line_error(tiny_cot_organism):
     from mesascope.detectors.attribution_data import query_examples
 

@@ -72,6 +72,9 @@ def training_set(organism, corpus) -> list:
 def tracin_checkpoints(organism, recipe) -> list[tuple[int, Path]]:
     """(step, weights file) of every kept checkpoint and the final weights."""
     folder = organism.path.parent / "checkpoints"
+    if recipe.base is not None and recipe.base.method == "lora":
+        raise MesascopeError(f"{organism.path} is a LoRA organism, whose checkpoints hold its adapters only",
+                             "TracIn reads full-weight checkpoints: leave tracin out of --methods")
     if not recipe.train.keep_checkpoints or not folder.is_dir():
         raise MesascopeError(f"{organism.path} kept no training checkpoints, which TracIn reads",
                              "add keep_checkpoints = true to its recipe's [train] table and rebuild, or leave tracin "
