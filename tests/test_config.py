@@ -151,11 +151,13 @@ def _variants(value, annotation):
         return [value[:-1], value + value[-1:]] if value else [["x"], [1]]
     if value is None and bool in typing.get_args(annotation):
         return [True, False]
+    if value is None and Path in typing.get_args(annotation):
+        return ["queries.jsonl"]  # an optional file (attribution's own query set)
     if value is None and str in typing.get_args(annotation):
         return ["gcg", "search"]  # an optional field naming an attacker (stress methods' `redteam`)
     if value is None:
         literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal]
-        return [16, 2, 4, *(v for lit in literals for v in typing.get_args(lit))]
+        return [16, 2, 4, 1000, *(v for lit in literals for v in typing.get_args(lit))]
     raise AssertionError(f"no variants for {value!r}")
 
 
