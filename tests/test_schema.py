@@ -38,6 +38,15 @@ def test_published_schemas_are_current():
             f"{path} is stale: run `mesascope schema --out docs/schema`"
 
 
+def test_the_published_conditioning_study_validates_against_its_schema():
+    """docs/results/conditioning.json (a conditioning study's study.json) against conditioning.schema.json."""
+    schema = json.loads((PUBLISHED / "conditioning.schema.json").read_text())
+    study = json.loads((PUBLISHED.parent / "results" / "conditioning.json").read_text())
+    jsonschema.validate(study, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**study, "kind": "sweep"}, schema)
+
+
 def test_a_run_validates_against_the_published_schema(results):
     schema = json.loads((PUBLISHED / "results.schema.json").read_text())
     jsonschema.validate(json.loads(json.dumps(results)), schema)

@@ -8,8 +8,6 @@ that says what to do; `json_schema()` is what the docs publish (docs/schema/).
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from . import __version__
 from .errors import MesascopeError, read_json
+from .machine import Machine, machine
 from .stats import Measurement
 
 SCHEMA_VERSION = 2  # 1: the untyped dicts of mesascope <= 0.10 (no schema_version field)
@@ -56,18 +55,6 @@ class OrganismInfo(BaseModel):
 
     path: str
     fingerprint: str
-
-
-class Machine(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    python: str
-    platform: str
-    cpus: int | None = None
-
-
-def machine() -> Machine:
-    return Machine(python=platform.python_version(), platform=platform.platform(), cpus=os.cpu_count())
 
 
 class RunResults(BaseModel):
@@ -161,6 +148,7 @@ def json_schema() -> dict:
 
 def json_schemas() -> dict[str, dict]:
     """Every published schema by file kind: what `mesascope schema` writes into docs/schema/."""
+    from .study.conditioning_results import json_schema as conditioning_schema
     from .study.results import json_schema as study_schema
 
-    return {"results": json_schema(), "study": study_schema()}
+    return {"results": json_schema(), "study": study_schema(), "conditioning": conditioning_schema()}

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
-from ..results import Machine
+from ..machine import Machine
 from ..stats import Measurement, diff_ci, wilson
 from .aggregate import pooled_wilson, t_interval
 
@@ -82,6 +82,13 @@ class ConditioningResults(_Model):
     def model_post_init(self, _ctx) -> None:
         if not self.findings:
             self.findings = findings(self)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a conditioning study's study.json."""
+    schema = ConditioningResults.model_json_schema()
+    schema["$id"] = f"https://mesascope.dev/schema/conditioning-v{CONDITIONING_SCHEMA_VERSION}.json"
+    return schema
 
 
 def _figure(per_seed: dict[str, dict], kind: str = "share") -> dict:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import EvalSpec, Recipe
 from ..progress import Progress, silent
-from ..results import Machine, machine
+from ..machine import Machine, machine
 from ..stats import Measurement
 from ..store import RunStore
 from .aggregate import pooled_wilson, t_interval
