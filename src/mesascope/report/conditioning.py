@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mesascope.report.html import CSS, _section
+from mesascope.report.html import _section, page
 from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict
 from mesascope.report.safe import as_list as _list
@@ -141,12 +141,7 @@ def render_conditioning_report(study: dict) -> str:
         _section("samples", "Sampled answers (first seed)", _samples(study)),
         _section("spec", "Study spec", _spec(study)),
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>mesascope conditioning study: {_e(study.get('name', 'conditioning'))}</title>"
-            f"<style>{CSS}</style></head>\n<body>\n" + _header(study) + "\n<main>\n" + "\n".join(sections)
-            + "\n</main>\n</body></html>\n")
+    return page(f"mesascope conditioning study: {study.get('name', 'conditioning')}", _header(study), sections)
 
 
 def write_conditioning_report(study: dict, out_dir: Path) -> Path:

@@ -57,6 +57,16 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{_e(title)}</h2>\n{body}\n</section>'
 
 
+def page(title: str, header: str, sections: list[str]) -> str:
+    """The page skeleton every report shares: the strict Content-Security-Policy, the inline CSS, the
+    header and the sections. ``title`` is escaped here; ``header`` and ``sections`` are markup already."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{CSS}</style></head>\n<body>\n"
+            + header + "\n<main>\n" + "\n".join(sections) + "\n</main>\n</body></html>\n")
+
+
 def _header(results: dict) -> str:
     recipe, org = _dict(results.get("recipe")), _dict(results.get("organism"))
     facts = [("Recipe", _e(recipe.get("name", "unnamed")))]
@@ -249,14 +259,7 @@ def render_report(results) -> str:
         _section("timings", "Timings", _timings(results)),
         _section("recipe", "Recipe", _recipe(results)),
     ]
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta http-equiv=\"Content-Security-Policy\" "
-        "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>mesascope report: {_e(name)}</title><style>{CSS}</style></head>\n<body>\n"
-        + _header(results) + "\n<main>\n" + "\n".join(sections) + "\n</main>\n</body></html>\n"
-    )
+    return page(f"mesascope report: {name}", _header(results), sections)
 
 
 def write_report(results, out_dir: Path) -> Path:

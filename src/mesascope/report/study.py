@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mesascope.study.findings import PAPER, at, findings
 from mesascope.study.results import StudyResults
-from mesascope.report.html import CSS, _section
+from mesascope.report.html import _section, page
 from mesascope.report.safe import NOT_MEASURED
 from mesascope.report.safe import as_dict as _dict
 from mesascope.report.safe import as_list as _list
@@ -259,15 +259,10 @@ def render_study_report(study: StudyResults | dict) -> str:
         _section("cells", "Every cell", _cells(study)),
         _section("paper", "Beside the paper's figures", _paper(study)),
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>mesascope study: {_e(study.get('name', 'study'))}</title><style>{CSS}</style></head>\n<body>\n"
-            + _header(study) + "\n<main>\n" + "\n".join(sections) + "\n</main>\n</body></html>\n")
+    return page(f"mesascope study: {study.get('name', 'study')}", _header(study), sections)
 
 
 def write_study_report(study: StudyResults | dict, out_dir: Path) -> Path:
-    page = render_study_report(study)
     target = Path(out_dir) / "report.html"
-    atomic_write_text(target, page)
+    atomic_write_text(target, render_study_report(study))
     return target
