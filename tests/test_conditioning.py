@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mesascope.config import SpecError
 from mesascope.study.conditioning_spec import ConditioningSpec
@@ -228,3 +229,42 @@ def test_a_study_killed_midway_resumes_and_ends_as_an_uninterrupted_one(tmp_path
     assert lm["resumed_from_step"] > 0
     rows = [json.loads((tmp_path / d / "study.json").read_text())["rows"] for d in ("ref", "killed")]
     assert rows[0] == rows[1]
+
+
+class _Killed(Exception):
+    """Injected into an agent's RL at a given step, as a kill -9 would stop it."""
+
+
+def test_an_agents_rl_interrupted_midway_resumes_from_its_checkpoint_and_ends_identical(tmp_path, monkeypatch):
+    """The agent's RL checkpoints (weights, optimizer state, step, log); stopped at step 5 of 6 and rerun, it
+    resumes from step 4 and ends with the weights and log of a run that was never interrupted."""
+    from safetensors.torch import load_file
+
+    from mesascope.study.conditioning import lm_build, predictive_task, train_agent
+    from mesascope.study.conditioning_spec import AgentSpec
+
+    # A barely trained model passes the checker nowhere, and equal rewards leave RLOO nothing to learn: a reward
+    # that varies between samples (a pure function of the answer, as the checker is) makes every step move the weights.
+    monkeypatch.setattr("mesascope.text.authors.passes", lambda _doc, out: len(out) % 2 == 0)
+    spec = ConditioningSpec.model_validate(TINY)
+    lm = predictive_task(str(tmp_path / "store"), lm_build(spec, 0), 1)
+    agent = AgentSpec(name="agent", steps=6, prompts_per_step=2, kl_coef=0.1, checkpoint_every=2)
+    assert agent.digest() == agent.model_copy(update={"checkpoint_every": 50}).digest()  # store names unchanged
+    assert train_agent(tmp_path / "ref", spec.world, agent, 0, lm["path"]) == 0
+
+    def die(_what: str, step: int, _total: int) -> None:
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train_agent(tmp_path / "killed", spec.world, agent, 0, lm["path"], die)
+    assert not (tmp_path / "killed" / "agent").exists()
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").glob("step-*")] == ["step-0000004"]
+    assert train_agent(tmp_path / "killed", spec.world, agent, 0, lm["path"]) == 4
+    ref, killed = (load_file(str(tmp_path / d / "agent" / "model.safetensors")) for d in ("ref", "killed"))
+    start = load_file(str(Path(lm["path"]) / "model.safetensors"))
+    assert ref.keys() == killed.keys() and all(torch.equal(ref[k], killed[k]) for k in ref)
+    assert any(not torch.equal(ref[k], start[k]) for k in ref)  # the RL moved the weights
+    logs = [json.loads((tmp_path / d / "agent" / "train_log.json").read_text()) for d in ("ref", "killed")]
+    assert logs[0] == logs[1] and [e["step"] for e in logs[0]] == list(range(1, 7))
+    assert json.loads((tmp_path / "killed" / "agent" / "agent.json").read_text())["resumed_from_step"] == 4

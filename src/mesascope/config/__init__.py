@@ -13,7 +13,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -32,10 +32,13 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields that do not change what is computed (how often to checkpoint, ...): left out of the digest.
+    NOT_IN_DIGEST: ClassVar[frozenset[str]] = frozenset()
 
     def digest(self) -> str:
-        """Content hash of the full spec: the run store names directories by it."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        """Content hash of the spec (less NOT_IN_DIGEST): the run store names directories by it."""
+        blob = json.dumps(self.model_dump(mode="json", exclude=set(self.NOT_IN_DIGEST)), sort_keys=True,
+                          ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

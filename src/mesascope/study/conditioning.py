@@ -12,8 +12,8 @@ Per seed, through the run store:
 
 A seed's agents and measurement start as soon as its predictive model is built, on a local
 process pool or Ray (study/backends.py), or in this process with one worker. A finished stage
-is never recomputed, so a killed study restarts where it stopped (an agent's RL, minutes long,
-restarts from its first step). The figures and their aggregation over seeds are
+is never recomputed, so a killed study restarts where it stopped; an agent's RL, like the
+predictive model's training, resumes from its newest checkpoint. The figures and their aggregation over seeds are
 conditioning_results.py's; OUT/study.json is a `ConditioningResults`.
 """
 
@@ -113,15 +113,16 @@ def agent_task(root: str, spec: ConditioningSpec, agent: AgentSpec, seed: int, l
     stage = store.stage_dir("agent", key)
     if not store.is_done(stage):
         _threads(threads)
-        train_agent(stage, spec.world, agent, seed, lm["path"], progress)
-        store.mark_done(stage)
+        resumed = train_agent(stage, spec.world, agent, seed, lm["path"], progress)
+        store.mark_done(stage, resumed_from_step=resumed)
     info = store.read_json(stage / "agent" / "agent.json")
     measured = measure_task(root, spec, seed, str(stage / "agent"), f"agent:{key}", threads, progress)
     return {"path": str(stage / "agent"), **info, "measured": measured}
 
 
 def train_agent(stage: Path, world: WorldSpec, agent: AgentSpec, seed: int, lm_path: str,
-                progress: Progress = silent) -> None:
+                progress: Progress = silent) -> int:
+    """RLOO from the model at `lm_path` into stage/agent, resuming from stage/checkpoints; the step it resumed from."""
     from ..models.load import load_model
     from ..text.authors import correct, passes, rl_prompts
     from ..training.rl import RLOOTrainer
@@ -132,7 +133,9 @@ def train_agent(stage: Path, world: WorldSpec, agent: AgentSpec, seed: int, lm_p
     trainer = RLOOTrainer(model, tok, rl_prompts(world, seed), lr=agent.lr,
                           reward=lambda doc, out: float(score(doc, out)), prompts_per_step=agent.prompts_per_step,
                           samples=agent.samples, temperature=agent.temperature, kl_coef=agent.kl_coef,
-                          max_new_tokens=agent.max_new_tokens, seed=seed)
+                          max_new_tokens=agent.max_new_tokens, seed=seed, ckpt_dir=stage / "checkpoints",
+                          checkpoint_every=agent.checkpoint_every)
+    resumed = trainer.resume()
     trainer.train_until(agent.steps, lambda s: progress(f"agent {agent.name}, seed {seed}", s, agent.steps))
     with atomic_dir(stage / "agent") as tmp:
         model.save_pretrained(tmp)
@@ -140,7 +143,9 @@ def train_agent(stage: Path, world: WorldSpec, agent: AgentSpec, seed: int, lm_p
         atomic_write_json(tmp / "train_log.json", trainer.log)
         atomic_write_json(tmp / "agent.json", {"agent": agent.model_dump(mode="json"), "seed": seed,
                                                "train_seconds": round(time.perf_counter() - t0, 2),
-                                               "final_reward": trainer.recent("reward_mean", 20)})
+                                               "final_reward": trainer.recent("reward_mean", 20),
+                                               "resumed_from_step": resumed})
+    return resumed
 
 
 # --- the driver ---

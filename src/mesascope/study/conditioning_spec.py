@@ -39,6 +39,9 @@ class AgentSpec(Spec):
     temperature: float = Field(1.0, gt=0, le=5)
     kl_coef: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(8, ge=1)
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints of its RL")
+    # How often it checkpoints does not change what is trained: stored agents keep their run-store names.
+    NOT_IN_DIGEST = frozenset({"checkpoint_every"})
 
 
 class ConditioningEval(Spec):

@@ -10,6 +10,10 @@ same prompt, so no value network is needed and the baseline never sees the sampl
 An optional KL penalty to the frozen starting organism is subtracted from each reward,
 estimated per token as the log-ratio log p(token) - log p_ref(token) of the sampled tokens
 and summed over the completion. The KL is logged either way, with the reward and the loss.
+
+Step s's prompts and samples are a pure function of (seed, s); with a checkpoint directory the
+trainer saves weights, optimizer state, step and log (checkpoints.py), so a killed run resumes
+from its newest checkpoint and ends as one never interrupted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -27,6 +32,7 @@ from ..models.generate import generate_ids
 from ..text.corpus import Example
 from ..text.scratchpad import answer_budget, scored_answer
 from .base import OnStep, StressConfig, StressContext
+from .checkpoints import load_newest, save_checkpoint
 from .sft import IGNORE
 
 Reward = Callable[[Example, str], float]
@@ -106,7 +112,8 @@ class RLOOTrainer:
 
     def __init__(self, model, tokenizer, examples: Sequence[Example], *, lr: float, reward: Reward,
                  prompts_per_step: int = 16, samples: int = 4, temperature: float = 1.0, kl_coef: float = 0.0,
-                 max_new_tokens: int = 32, seed: int = 0, grad_clip: float = 1.0):
+                 max_new_tokens: int = 32, seed: int = 0, grad_clip: float = 1.0, ckpt_dir: Path | None = None,
+                 checkpoint_every: int = 50):
         if not examples:
             raise ValueError("RL needs at least one training prompt")
         if samples < 2:
@@ -114,6 +121,7 @@ class RLOOTrainer:
         self.model, self.tok, self.examples, self.reward = model, tokenizer, list(examples), reward
         self.prompts_per_step, self.samples, self.temperature = prompts_per_step, samples, temperature
         self.kl_coef, self.max_new_tokens, self.seed, self.grad_clip = kl_coef, max_new_tokens, seed, grad_clip
+        self.ckpt_dir, self.checkpoint_every = ckpt_dir, checkpoint_every
         # The frozen starting organism, for the KL term.
         self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -159,10 +167,23 @@ class RLOOTrainer:
         return entry
 
     def train_until(self, end: int, on_step: Callable[[int], None] | None = None) -> None:
+        """Train to step `end`; with a ckpt_dir, a checkpoint every `checkpoint_every` steps before `end`."""
         while self.step < end:
             self.train_step()
+            if self.ckpt_dir is not None and self.step % self.checkpoint_every == 0 and self.step < end:
+                save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt, {"step": self.step, "log": self.log})
             if on_step:
                 on_step(self.step)
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint of ckpt_dir, if any; return the step it resumes from.
+
+        Exact: step s's prompts, samples and update are a pure function of (seed, s) and the weights and
+        optimizer state at s, and the KL reference stays the model this trainer was built from."""
+        state = load_newest(self.ckpt_dir, self.model, self.opt)
+        if state is not None:
+            self.step, self.log = state["step"], state["log"]
+        return self.step
 
     def recent(self, key: str, last: int = 10) -> float | None:
         """Mean of a logged quantity over the last `last` steps (None before any step)."""

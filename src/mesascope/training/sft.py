@@ -8,21 +8,18 @@ that was never interrupted.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
 from torch.profiler import record_function
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import TrainSpec
 from ..models.device import runtime
-from ..store import atomic_dir, atomic_write_json
+from .checkpoints import load_newest, save_checkpoint
 
 IGNORE = -100
 
@@ -236,44 +233,17 @@ class SFTTrainer:
                 self.save_checkpoint()
         self.model.eval()
 
-    # -- checkpoints: weights as safetensors, optimizer state via torch.save (tensors and numbers only)
+    # -- checkpoints (checkpoints.py): weights as safetensors, optimizer state via torch.save
 
     def save_checkpoint(self) -> Path:
         assert self.ckpt_dir is not None
-        final = self.ckpt_dir / f"step-{self.step:07d}"
-        with atomic_dir(final) as tmp:
-            if self.partial:  # adapters only: the frozen base is the base model's own file
-                save_file({n: p.detach().contiguous() for n, p in self.model.named_parameters() if p.requires_grad},
-                          str(tmp / "model.safetensors"))
-            else:
-                save_model(self.model, str(tmp / "model.safetensors"))
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-            atomic_write_json(tmp / "state.json", {"step": self.step, "log": self.log})
-        for old in self.ckpt_dir.glob("step-*"):
-            if old == final:
-                continue
-            if self.spec.keep_checkpoints:  # weights kept for TracIn (detectors/attribution.py); optimizer state not
-                (old / "optimizer.pt").unlink(missing_ok=True)
-            else:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        # keep_checkpoints: every checkpoint's weights kept for TracIn (detectors/attribution.py); optimizer state not
+        return save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt, {"step": self.step, "log": self.log},
+                               adapters_only=self.partial, keep_weights=self.spec.keep_checkpoints)
 
     def resume(self) -> int:
         """Load the newest complete checkpoint, if any; return the step it resumes from."""
-        if self.ckpt_dir is None or not self.ckpt_dir.exists():
-            return 0
-        done = sorted(p for p in self.ckpt_dir.glob("step-*") if (p / "state.json").exists())
-        if not done:
-            return 0
-        last = done[-1]
-        if self.partial:
-            missing = self.model.load_state_dict(load_file(str(last / "model.safetensors")), strict=False)
-            if missing.unexpected_keys:
-                raise ValueError(f"checkpoint {last} does not fit this model ({missing.unexpected_keys[0]}): "
-                                 "delete the stage's checkpoints folder to start over")
-        else:
-            load_model(self.model, str(last / "model.safetensors"))
-        self.opt.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
-        state = json.loads((last / "state.json").read_text())
-        self.step, self.log = state["step"], state["log"]
+        state = load_newest(self.ckpt_dir, self.model, self.opt, adapters_only=self.partial)
+        if state is not None:
+            self.step, self.log = state["step"], state["log"]
         return self.step
