@@ -164,20 +164,20 @@ class Attribution(Detector):
         scores: dict[str, dict[str, np.ndarray]] = {}  # method -> query set -> [n] mean score
         seconds: dict[str, float] = {}
 
-        def rep(m, label: str) -> dict[str, np.ndarray]:
+        def rep(m, label: str, sets: dict) -> dict[str, np.ndarray]:
             t0 = time.perf_counter()
             states = inf.last_token_states(m, data, pad, on_batch=tick(f"repsim ({label})", len(data)))
-            q = {k: inf.last_token_states(m, v, pad) for k, v in queries.items()}
+            q = {k: inf.last_token_states(m, v, pad) for k, v in sets.items()}
             out = {k: states @ v.mean(0) for k, v in q.items()}
             seconds.setdefault("repsim", time.perf_counter() - t0)
             return out
 
-        def grads(m, label: str, which: tuple[str, ...], factors=None) -> dict[str, dict[str, np.ndarray]]:
-            """Each method's mean score over each query set. Every gradient method is linear in the query, so
-            the mean over queries is one product with the queries' mean (gradcos: of unit-length queries)."""
+        def grads(m, label: str, which: tuple[str, ...], sets: dict, factors=None) -> dict[str, dict[str, np.ndarray]]:
+            """Each method's mean score over each query set of `sets`. Every gradient method is linear in the
+            query, so the mean over queries is one product with the queries' mean (gradcos: of unit-length ones)."""
             t0 = time.perf_counter()
             targets = {}
-            for k, v in queries.items():
+            for k, v in sets.items():
                 q = inf.query_grads(m, v, pad, spec.batch_size)
                 mean = inf.mean_query(q)
                 targets[f"{k}|graddot"] = mean
@@ -199,7 +199,7 @@ class Attribution(Detector):
             return out
 
         if "repsim" in spec.methods:
-            scores["repsim"] = rep(model, "organism")
+            scores["repsim"] = rep(model, "organism", queries)
         grad_methods = tuple(m for m in inf.GRADIENT_METHODS if m in spec.methods)
         factors = None
         if any(m in grad_methods for m in ("kfac", "ekfac")):
@@ -210,7 +210,7 @@ class Attribution(Detector):
             for method in ("kfac", "ekfac"):
                 seconds[method] = time.perf_counter() - t0
         if grad_methods:
-            scores.update(grads(model, "organism", grad_methods, factors))
+            scores.update(grads(model, "organism", grad_methods, queries, factors))
         if "tracin" in spec.methods:
             t0, total = time.perf_counter(), {k: np.zeros(len(data)) for k in queries}
             from safetensors.torch import load_model as load_weights
@@ -222,17 +222,17 @@ class Attribution(Detector):
                 load_weights(ckpt_model, str(weights))
                 weight = lr_at(recipe.train, step - 1) * (step - previous)
                 previous = step
-                for k, s in grads(ckpt_model, f"TracIn step {step}", ("graddot",))["graddot"].items():
+                for k, s in grads(ckpt_model, f"TracIn step {step}", ("graddot",), queries)["graddot"].items():
                     total[k] += weight * s
             scores["tracin"], seconds["tracin"] = total, time.perf_counter() - t0
         nulls: dict[str, np.ndarray] = {}
         if spec.null:
-            random_model = random_like(model, seed=recipe.seed + 7919)
+            random_model, asked = random_like(model, seed=recipe.seed + 7919), {query: queries[query]}
             if "repsim" in spec.methods:
-                nulls["repsim"] = rep(random_model, "random-init null")[query]
+                nulls["repsim"] = rep(random_model, "random-init null", asked)[query]
             cheap = tuple(m for m in ("graddot", "gradcos") if m in spec.methods)
             if cheap:
-                nulls.update({m: v[query] for m, v in grads(random_model, "random-init null", cheap).items()
+                nulls.update({m: v[query] for m, v in grads(random_model, "random-init null", cheap, asked).items()
                               if m in cheap})
 
         layers = inf.linear_layers(model)

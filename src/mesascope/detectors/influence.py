@@ -28,7 +28,7 @@ dependencies) beside this module on the same organism and compares time, memory 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,14 +102,13 @@ def example_grads(model: nn.Module, batch: dict[str, torch.Tensor], layers: dict
     return {n: torch.bmm(g.transpose(1, 2), a) for n, (a, g) in capture(model, batch, layers, sample).items()}
 
 
-def batches(data: Tokenized, pad_id: int, batch_size: int, device) -> "list[tuple[np.ndarray, dict]]":
-    """(example indices, collated batch) over `data`, examples grouped by length (less padding)."""
+def batches(data: Tokenized, pad_id: int, batch_size: int, device) -> "Iterator[tuple[np.ndarray, dict]]":
+    """(example indices, collated batch) over `data`, examples grouped by length (less padding); each batch is
+    collated and moved to `device` only when it is reached."""
     order = np.argsort([len(ids) for ids, _ in data], kind="stable")
-    out = []
     for i in range(0, len(order), batch_size):
         idx = order[i: i + batch_size]
-        out.append((idx, {k: v.to(device) for k, v in collate([data[j] for j in idx], pad_id).items()}))
-    return out
+        yield idx, {k: v.to(device) for k, v in collate([data[j] for j in idx], pad_id).items()}
 
 
 @dataclass
