@@ -99,3 +99,65 @@ def test_prompt_loss_weight_at_its_default_keeps_every_organism_name():
 
     assert Recipe().digest() == Recipe(train=TrainSpec(prompt_loss_weight=0.0)).digest()
     assert Recipe().digest() != Recipe(train=TrainSpec(prompt_loss_weight=0.5)).digest()
+
+
+def _trainer(data, tmp_path=None, **train):
+    from mesascope.config import TrainSpec
+    from mesascope.training.sft import SFTTrainer
+
+    tok, examples = data
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS["llama"](len(tok)))
+    spec = TrainSpec(steps=6, batch_size=8, checkpoint_every=3, **train)
+    return SFTTrainer(model, examples, spec, pad_id=tok.pad_token_id, seed=0, ckpt_dir=tmp_path)
+
+
+def _weights(trainer):
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+@pytest.mark.slow(minutes=1)
+def test_compiled_training_follows_eager_and_resumes_bit_identically(data, tmp_path):
+    """train.compile: the same run to float rounding as eager (fused kernels sum in another order), and a run
+    stopped at its checkpoint and resumed by a new trainer ends with the weights of an uninterrupted one."""
+    eager = _trainer(data)
+    eager.train_until(6)
+    straight = _trainer(data, compile=True)
+    straight.train_until(6)
+    assert straight.forward.error is None and straight.forward.compiled is not None  # it did compile
+    for a, b in zip(eager.log, straight.log):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for p, q in zip(_weights(eager), _weights(straight)):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)  # Adam magnifies rounding of tiny gradients
+    first = _trainer(data, tmp_path, compile=True)
+    first.train_until(3)  # writes the step-3 checkpoint; the process "dies" here
+    resumed = _trainer(data, tmp_path, compile=True)
+    assert resumed.resume() == 3
+    resumed.train_until(6)
+    assert all(torch.equal(p, q) for p, q in zip(_weights(straight), _weights(resumed)))
+
+
+def test_compile_that_fails_falls_back_to_eager_and_says_why(data, monkeypatch):
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    eager = _trainer(data)
+    eager.train_until(6)
+    fallback = _trainer(data, compile=True)
+    fallback.train_until(6)
+    assert fallback.forward.error == "InvalidCxxCompiler: No working C++ compiler found"
+    assert all(torch.equal(p, q) for p, q in zip(_weights(eager), _weights(fallback)))
+    from mesascope.organisms.build import compiled
+
+    assert compiled(fallback) == {"compiled": False, "compile_error": fallback.forward.error}
+    assert compiled(eager) == {}
+
+
+def test_compile_at_its_default_keeps_every_organism_name():
+    from mesascope.config import Recipe, TrainSpec
+
+    assert Recipe().digest() == Recipe(train=TrainSpec(compile=False)).digest()
+    assert Recipe().digest() != Recipe(train=TrainSpec(compile=True)).digest()

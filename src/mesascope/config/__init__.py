@@ -85,6 +85,8 @@ class TrainSpec(Spec):
                                       "with this weight beside the answer's loss (0: the answer only, as the paper)")
     grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                      "about a third more compute")
+    compile: bool = Field(False, description="torch.compile the forward pass and loss (its backward too): ~x1.25 "
+                          "tokens/s on 2 CPU cores at the default size, after ~10 s of compiling; eager if it fails")
     keep_checkpoints: bool = Field(False, description="keep every checkpoint's weights (not only the newest): "
                                    "TracIn in `mesascope attribute` reads them")
 
@@ -250,7 +252,7 @@ class Recipe(Spec):
                       ({"trigger_type"} if self.trigger_type == "string" else set()) |
                       ({"behaviour_type"} if self.behaviour_type == "say" else set()) |
                       ({"base"} if self.base is None else set())}
-        later = {k for k in ("grad_accum", "grad_checkpointing", "prompt_loss_weight", "keep_checkpoints")
+        later = {k for k in ("grad_accum", "grad_checkpointing", "prompt_loss_weight", "keep_checkpoints", "compile")
                  if getattr(self.train, k) == TrainSpec.model_fields[k].default}
         if later:
             skip["train"] = later

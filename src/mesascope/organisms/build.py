@@ -40,6 +40,14 @@ def stage_tokenizer(stage: Path, texts: list[str], vocab_size: int, whole: tuple
     return tokenizer
 
 
+def compiled(trainer: SFTTrainer) -> dict:
+    """organism.json's record of `train.compile`: whether the forward pass ran compiled, or why not."""
+    if not trainer.spec.compile:
+        return {}
+    error = getattr(trainer.forward, "error", None)
+    return {"compiled": error is None, **({"compile_error": error} if error else {})}
+
+
 def train_and_save(store: RunStore, stage: Path, recipe, tokenizer, data: list, progress: Progress, t0: float,
                    info: dict, **trainer_kw) -> None:
     """Train a fresh model of `recipe.model` on tokenized `data` (resuming from the stage's checkpoints),
@@ -60,7 +68,7 @@ def train_and_save(store: RunStore, stage: Path, recipe, tokenizer, data: list, 
         atomic_write_json(tmp / "organism.json", {
             "n_params": n_params(model), "architecture": recipe.model.architecture, "train_steps": total,
             "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
-            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, **info})
+            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, **compiled(trainer), **info})
     store.mark_done(stage, resumed_from_step=resumed)
 
 

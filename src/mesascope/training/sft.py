@@ -111,24 +111,59 @@ def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0) -> torch.Tensor:
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices into the batch's positions, the token each must predict) for every position whose next
+    token is labelled, row by row. Indices instead of a boolean mask keep the loss free of data-dependent
+    shapes, so `torch.compile` traces it whole."""
+    follows = torch.zeros_like(labels, dtype=torch.bool)
+    follows[:, :-1] = labels[:, 1:] != IGNORE
+    idx = follows.flatten().nonzero().squeeze(1)
+    return idx, labels.roll(-1, dims=1).flatten().index_select(0, idx)
+
+
+def positions_loss(lm: PreTrainedModel, inputs: dict[str, torch.Tensor], idx: torch.Tensor, target: torch.Tensor,
+                   prompt_idx: torch.Tensor | None = None, prompt_target: torch.Tensor | None = None,
+                   prompt_weight: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy at positions `idx` (answer_positions), plus `prompt_weight` times that at `prompt_idx`;
+    the forward pass that `SFTTrainer` compiles with `train.compile`."""
+    # No cache: transformers then reads restarting position_ids as packed rows and masks per example.
+    hidden = lm.base_model(**inputs, use_cache=False).last_hidden_state.flatten(0, 1)
+    head = lm.get_output_embeddings()
+    loss = torch.nn.functional.cross_entropy(head(hidden.index_select(0, idx)).float(), target)
+    if prompt_idx is not None:
+        loss = loss + prompt_weight * torch.nn.functional.cross_entropy(
+            head(hidden.index_select(0, prompt_idx)).float(), prompt_target)
+    return loss
+
+
+def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], prompt_weight: float = 0.0,
+                forward: Callable[..., torch.Tensor] = positions_loss) -> torch.Tensor:
     """Mean next-token cross-entropy over the answer tokens, as `model(**batch).loss` computes it,
     but projecting to the vocabulary only where a label exists (a fifth of the positions). With
-    `prompt_weight` (and the batch's `prompt_labels`), plus that times the mean over prompt tokens."""
-    lm = causal_lm(model)
+    `prompt_weight` (and the batch's `prompt_labels`), plus that times the mean over prompt tokens.
+    `forward`: positions_loss, or a compiled copy of it."""
     batch = dict(batch)
     labels, prompt = batch.pop("labels"), batch.pop("prompt_labels", None)
-    # No cache: transformers then reads restarting position_ids as packed rows and masks per example.
-    hidden = lm.base_model(**batch, use_cache=False).last_hidden_state[:, :-1]
-    head = lm.get_output_embeddings()
+    idx, target = answer_positions(labels)
+    if prompt_weight and prompt is not None:
+        return forward(causal_lm(model), batch, idx, target, *answer_positions(prompt), prompt_weight)
+    return forward(causal_lm(model), batch, idx, target)
 
-    def mean_ce(lab: torch.Tensor) -> torch.Tensor:
-        target = lab[:, 1:]
-        keep = target != IGNORE
-        return torch.nn.functional.cross_entropy(head(hidden[keep]).float(), target[keep])
 
-    loss = mean_ce(labels)
-    return loss + prompt_weight * mean_ce(prompt) if prompt_weight and prompt is not None else loss
+class Compiled:
+    """`torch.compile(fn)` with shapes left dynamic, falling back to `fn` itself for good when compiling fails
+    (no C++ compiler for inductor's CPU kernels, an unsupported platform); `error` then says why."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]):
+        self.fn, self.compiled, self.error = fn, torch.compile(fn, dynamic=True), None
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any failure of the compiler leaves the eager function
+                self.compiled, self.error = None, (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        return self.fn(*args, **kwargs)
 
 
 def lr_at(spec: TrainSpec, step: int, schedule: Literal["cosine", "constant"] = "cosine") -> float:
@@ -166,6 +201,7 @@ class SFTTrainer:
                                       {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
         # fused=True is ~7% faster per step here, but rounds differently: every published organism and figure
         # would change, so it waits for the recipe change that regenerates them (issue 15).
+        self.forward = Compiled(positions_loss) if spec.compile else positions_loss
         self.step = 0
         self.log: list[dict] = []
         self._perms: dict[int, list[int]] = {}
@@ -206,7 +242,7 @@ class SFTTrainer:
                 batch = {key: t.to(self.device) for key, t in
                          collate_packed(part, self.pad_id, self.pack_width, prompt_labels=w > 0).items()}
             with record_function("sft.forward"), self.runtime.autocast():
-                loss = answer_loss(self.model, batch, w)
+                loss = answer_loss(self.model, batch, w, self.forward)
             if k > 1:
                 loss = loss * (n / sum(n_answer))
             with record_function("sft.backward"):
