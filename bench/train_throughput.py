@@ -8,7 +8,8 @@ One run measures, on the default organism's model and corpus:
       - `sft@baseline-batch`: `SFTTrainer` at the baseline's batch size (the loop's own changes alone),
       - `bare`: forward, `model(**batch).loss`, backward, clip, step on the same packed batches,
       - `padded`: the textbook bare loop with one right-padded example per row,
-      - `compiled` (with --compile): `SFTTrainer` with `torch.compile` of the loss, its compile time apart;
+      - `compiled` (with --compile): `SFTTrainer` with `train.compile` (forward and loss compiled, their
+        backward too), its compile time apart;
   * a per-phase profile of `SFTTrainer` (data, forward, backward, optimizer) from `torch.profiler`, with the
     share of all CPU time spent in matrix products (the ceiling on what removing everything else could buy).
 
@@ -39,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 from mesascope.config import Recipe, TrainSpec
 from mesascope.models import build_model, n_params, train_tokenizer
 from mesascope.text.corpus import TURN_MARKERS, build_corpus
-from mesascope.training.sft import SFTTrainer, answer_loss, collate, collate_packed, tokenize_examples
+from mesascope.training.sft import IGNORE, SFTTrainer, causal_lm, collate, collate_packed, tokenize_examples
 
 BASELINE_BATCH = 64  # the default TrainSpec.batch_size before issue 15
 PHASES = ("sft.data", "sft.forward", "sft.backward", "sft.optimizer")
@@ -58,13 +59,24 @@ def matmul_peak(n: int = 2048, reps: int = 8, tries: int = 3) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def baseline_loss(model, batch):
+    """answer_loss as it was before issue 15 (boolean-mask selection of the answer positions), verbatim."""
+    lm = causal_lm(model)
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    hidden = lm.base_model(**batch, use_cache=False).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    return torch.nn.functional.cross_entropy(lm.get_output_embeddings()(hidden[keep]).float(), target[keep])
+
+
 def baseline_step(model, opt, examples, pad_id, lr, clip) -> float:
     """The SFT step as it was before issue 15 (kept verbatim as the bench's baseline)."""
     model.train()
     for g in opt.param_groups:
         g["lr"] = lr
     batch = collate_packed(examples, pad_id, 96)
-    loss = answer_loss(model, batch)
+    loss = baseline_loss(model, batch)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
@@ -96,21 +108,16 @@ class Method:
         timed = self.batches(warmup, warmup + steps)
         self.tokens += sum(len(ids) for b in timed for ids, _ in b)
         if self.kind in ("sft", "compiled"):
-            trainer = SFTTrainer(model, self.data, self.spec, pad_id=self.pad_id, seed=self.seed)
-            if self.kind == "compiled":
-                import mesascope.training.sft as sft
-
-                eager, sft.answer_loss = sft.answer_loss, torch.compile(answer_loss, dynamic=True)
-            try:
-                t0 = time.perf_counter()
-                trainer.train_until(warmup)
-                self.compile_s = max(self.compile_s, time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                trainer.train_until(warmup + steps)
-                self.seconds += time.perf_counter() - t0
-            finally:
-                if self.kind == "compiled":
-                    sft.answer_loss = eager
+            spec = self.spec.model_copy(update={"compile": self.kind == "compiled"})
+            trainer = SFTTrainer(model, self.data, spec, pad_id=self.pad_id, seed=self.seed)
+            t0 = time.perf_counter()
+            trainer.train_until(warmup)
+            self.compile_s = max(self.compile_s, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            trainer.train_until(warmup + steps)
+            self.seconds += time.perf_counter() - t0
+            if self.kind == "compiled" and trainer.forward.error:
+                raise SystemExit(f"torch.compile failed, so the compiled row would be eager: {trainer.forward.error}")
             return
         opt = adamw(model, self.spec, fused=False)  # torch's default AdamW, as the baseline and a bare loop use
         lrs = [self.planner.lr_at(s) for s in range(warmup + steps)]
