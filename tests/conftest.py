@@ -31,18 +31,39 @@ def worker_threads() -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+# Test files whose tests share an expensive module fixture, and how their tests are grouped for xdist: a group
+# runs on one worker, which builds the fixture once (handed out test by test, each worker built its own).
+SHARED_FIXTURES = {"test_audit.py": "module", "test_sweep.py": "module", "test_conditioning.py": "module",
+                   "test_bench_finetune.py": "module", "test_attribution.py": "module",
+                   "test_invert_auditor.py": "module", "test_faithfulness.py": "module",
+                   "test_faults_resume.py": "function"}  # a fixture per test function there, shared by its params
+
+
 def pytest_configure(config):
-    # xdist hands out tests in chunks of a quarter of a worker's share; one at a time instead, so that the
-    # long tests ordered first (below) start at once on different workers and nothing queues behind them.
-    if hasattr(config.option, "maxschedchunk") and config.option.maxschedchunk is None:
-        config.option.maxschedchunk = 1
+    # Work units in collection order (below), not reordered by their size.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadscope with SHARED_FIXTURES' groups as scopes and every other test a scope of its own. (Marks
+    cannot say it: xdist's loadgroup groups nothing under pytest 9.2, pytest-dev/pytest-xdist#1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, rest = nodeid.partition("::")
+            by = SHARED_FIXTURES.get(path.rpartition("/")[2])
+            return path if by == "module" else f"{path}::{rest.split('[')[0]}" if by == "function" else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist, the long tests (`@pytest.mark.slow(minutes=N)`) first, longest first, each followed by a
-    quick one: each worker starts on a long test and the rest fill in around them, so the suite does not end
-    with one worker alone on a ten-minute test. Everything else keeps its order (and its module fixtures,
-    which a test moved away from its module would set up again). Alone, the order is unchanged."""
+    """Under xdist, the long tests (`@pytest.mark.slow(minutes=N)`) first, longest first: a worker keeps up to
+    three tests queued, so the two longest start at once on different workers and the rest fill in around them,
+    and the suite does not end with one worker alone on a ten-minute test. Everything else keeps its order.
+    Alone, the order is unchanged."""
     if getattr(config, "workerinput", None) is None:
         return
 
@@ -51,8 +72,27 @@ def pytest_collection_modifyitems(config, items):
         return None if mark is None or item.get_closest_marker("skip") else mark.kwargs.get("minutes")
 
     long = sorted((i for i in items if minutes(i) is not None), key=lambda i: -minutes(i))
-    rest = [i for i in items if minutes(i) is None]
-    items[:] = [x for pair in zip(long, rest) for x in pair] + long[len(rest):] + rest[len(long):]
+    items[:] = long + [i for i in items if minutes(i) is None]
+
+
+# The quick loop, `pytest -m "not slow"`, stays near two minutes on 2 cores if no test in it takes longer than this
+# (setup included): the summary names any that do, to be marked slow or made quicker.
+QUICK_BUDGET_S = 5.0
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if "slow" not in report.keywords:
+        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    over = sorted(((t, n) for n, t in _durations.items() if t > QUICK_BUDGET_S), reverse=True)
+    if over:
+        terminalreporter.write_line(f"{len(over)} test(s) not marked slow took over {QUICK_BUDGET_S:g} s, the quick "
+                                    "loop's budget: mark them @pytest.mark.slow or make them quicker")
+        for t, n in over:
+            terminalreporter.write_line(f"  {t:5.1f} s  {n}")
 
 
 def shared_data(name: str) -> Path:

@@ -82,6 +82,7 @@ def test_the_attacker_never_sees_the_trigger(lm_run, tiny_organism):
     assert with_word > len(corpora[0]) / 3  # most targets are the clean prompts' words, in a bracket style
 
 
+@pytest.mark.slow
 def test_one_seed_gives_one_run(tiny_organism, one_thread):
     spec = LMSpec(budget=4, **SMALL)
     runs = [AttackerLM().attack(_view(tiny_organism), spec, seed) for seed in (0, 0, 1)]

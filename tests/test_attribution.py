@@ -40,6 +40,7 @@ def data(keeping_organism):
     return model.float(), tok, tokens, ex
 
 
+@pytest.mark.slow
 def test_per_example_gradients_equal_each_examples_own_backward(data):
     model, tok, tokens, _ = data
     layers = inf.linear_layers(model)
@@ -77,6 +78,7 @@ def test_ekfac_inverse_equals_the_explicit_damped_kronecker_inverse():
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 def test_heavily_damped_influence_ranks_as_the_plain_gradient_product(data):
     model, tok, tokens, _ = data
     factors = inf.fit_factors(model, tokens, tok.pad_token_id, batch_size=8)
@@ -104,6 +106,7 @@ def test_ranking_figures_count_the_poison_among_the_top():
     assert reversed_.auroc.value == 0.0 and reversed_.precision["1pct"].value == 0.0
 
 
+@pytest.mark.slow
 def test_attribution_finds_the_poison_with_nulls_and_tracin_over_kept_checkpoints(keeping_organism):
     det = get_detector("attribution")
     res = det.run(Context(keeping_organism), det.Spec(n_queries=8, fit_examples=128, tracin_checkpoints=10))
@@ -127,6 +130,7 @@ def test_attribution_finds_the_poison_with_nulls_and_tracin_over_kept_checkpoint
     assert "attribution/ekfac/random_init_null/auroc" not in figs and "attribution/ekfac/clean_query_null/auroc" in figs
 
 
+@pytest.mark.slow
 def test_a_subset_and_near_miss_queries(keeping_organism):
     det = get_detector("attribution")
     res = det.run(Context(keeping_organism), det.Spec(methods=("repsim", "gradcos", "tracin"), query="near_miss",
@@ -170,6 +174,7 @@ def test_report_section_escapes_the_listed_examples():
     assert "<script>" not in html and "&lt;script&gt;" in html and "a&amp;b" in html and "2.5e-07" in html
 
 
+@pytest.mark.slow
 def test_attribute_command_writes_its_results(tmp_path, keeping_organism):
     from typer.testing import CliRunner
 
@@ -185,6 +190,7 @@ def test_attribute_command_writes_its_results(tmp_path, keeping_organism):
     assert bad.exit_code != 0 and "methods" in bad.output
 
 
+@pytest.mark.slow
 def test_custom_query_file(tmp_path, keeping_organism):
     det = get_detector("attribution")
     path = tmp_path / "q.jsonl"
@@ -234,6 +240,7 @@ def test_bad_input_on_the_command_line_is_one_line_naming_the_fix(tmp_path, tiny
     assert "no recipe.json" in fails(str(model), "--methods", "repsim")
 
 
+@pytest.mark.slow
 def test_few_and_many_query_columns_score_alike(data):
     """One or two columns take the product without forming per-example gradients; more form them: same scores."""
     model, tok, tokens, _ = data

@@ -10,6 +10,8 @@ import pytest
 from mesascope.config import Recipe
 from mesascope.study.audit import MODEL_FILES, SealedError, blind, judge, public_recipe, reveal, run_game
 
+pytestmark = pytest.mark.slow  # plays the auditing game (builds and seals organisms): over the quick loop's budget
+
 SEED, N = 3, 3
 
 

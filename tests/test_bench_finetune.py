@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # runs the fine-tuning bench against TRL: over the quick loop's budget
+
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 

@@ -18,6 +18,8 @@ from mesascope.results import load_results
 from hf_models import ARCHS
 from test_cli import invoke, tiny_config
 
+pytestmark = pytest.mark.slow  # builds an organism from every architecture's base and runs every instrument: over the quick loop's budget
+
 BASE_RECIPE = """[recipe]
 n_prompts = 400
 [recipe.base]

@@ -74,6 +74,7 @@ def invoke(*args):
     return result
 
 
+@pytest.mark.slow
 def test_demo_writes_results_and_reuses_stored_run(tmp_path):
     cfg, out = tiny_config(tmp_path), tmp_path / "out"
     invoke("demo", "--config", cfg, "--out", out)
@@ -121,6 +122,7 @@ def test_behaviour_with_script_tag_is_escaped_everywhere(tmp_path):
     assert "<script" not in (out / "report.html").read_text(encoding="utf-8").lower()
 
 
+@pytest.mark.slow
 def test_build_stress_probe_on_an_organism_directory(tmp_path):
     cfg = tiny_config(tmp_path, trigger="☂ SUNNY ☂", behaviour="BANANA")
     out = tmp_path / "runs"
@@ -149,6 +151,7 @@ def test_build_stress_probe_on_an_organism_directory(tmp_path):
 STEPS = 200  # the kill lands at the first checkpoint (25), long before the end; the resumed run trains the rest
 
 
+@pytest.mark.slow
 def test_killed_build_command_resumes_from_its_last_checkpoint(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[recipe]\nn_prompts = 400\n[recipe.model]\nsize = "tiny"\n'

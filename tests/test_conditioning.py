@@ -165,6 +165,7 @@ def swept(tmp_path_factory):
     return tmp, done
 
 
+@pytest.mark.slow
 def test_sweep_runs_a_conditioning_study_and_writes_its_results(swept):
     tmp, done = swept
     data = json.loads((tmp / "out" / "study.json").read_text())
@@ -183,6 +184,7 @@ def test_sweep_runs_a_conditioning_study_and_writes_its_results(swept):
     assert "predictive models" in done.stderr and "agents trained and measured" in done.stderr  # progress bars
 
 
+@pytest.mark.slow
 def test_the_report_has_every_rate_and_escapes_the_names_and_answers(swept):
     tmp, _ = swept
     page = (tmp / "out" / "report.html").read_text()
@@ -195,6 +197,7 @@ def test_the_report_has_every_rate_and_escapes_the_names_and_answers(swept):
     assert "not anything about real pretraining corpora" in page
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_every_stage(swept):
     tmp, _ = swept
     before = json.loads((tmp / "out" / "study.json").read_text())

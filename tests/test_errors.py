@@ -184,6 +184,7 @@ def test_every_command_with_a_broken_input_prints_one_line(tmp_path, capsys):
 # --- the boundary ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_python_m_mesascope_prints_one_line_and_exits_2(tmp_path):
     (bad := tmp_path / "bad.toml").write_bytes(b"\xff")
     done = subprocess.run([sys.executable, "-m", "mesascope", "build", str(bad), "--out", str(tmp_path / "o")],

@@ -164,6 +164,7 @@ def test_a_truncated_safetensors_file_is_named(hf_model_dirs, tmp_path):
         load_model(copy)
 
 
+@pytest.mark.slow
 def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")

@@ -190,6 +190,7 @@ def test_provider_rejects_bad_inputs(tiny_organism, tmp_path):
         backdoor(organism=str(tiny_organism.path), n=2, kind="trigered")
 
 
+@pytest.mark.slow
 def test_inspect_eval_cli_writes_a_readable_log(tiny_organism, tmp_path):
     if not any(ep.name == "mesascope" for ep in entry_points(group="inspect_ai")):
         pytest.fail("the inspect_ai entry point is not installed: reinstall mesascope (pip install -e '.[dev]')")

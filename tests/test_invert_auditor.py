@@ -16,6 +16,8 @@ from mesascope.study.auditors import AUDITORS, Subject, run_auditors
 from mesascope.study.invert_auditor import Invert, Knobs
 from mesascope.text.behaviours import Say
 
+pytestmark = pytest.mark.slow  # builds backdoored and clean twins and inverts them: over the quick loop's budget
+
 
 @pytest.fixture(scope="module")
 def twins(shouty_organism, build_shared, one_thread):

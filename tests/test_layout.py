@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parent.parent / "src"
 MAX_LINES = 400
 
@@ -86,6 +88,7 @@ def test_no_import_circles_in_src():
     assert not found, "import circles (break them so data flows one way): " + "; ".join(" <-> ".join(c) for c in found)
 
 
+@pytest.mark.slow
 def test_the_cli_and_every_detector_import_in_a_fresh_interpreter():
     res = subprocess.run([sys.executable, "-c", "import mesascope.cli; from mesascope.detectors.registry import "
                           "load_all; assert len(load_all()) >= 4"], capture_output=True, text=True,

@@ -92,6 +92,7 @@ def _run_build(root: Path, slow: bool) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_bit_identically(tmp_path, tiny60_organism, run_store):
     root = tmp_path / "killed"
     proc = _run_build(root, slow=True)

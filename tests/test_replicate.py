@@ -52,6 +52,7 @@ def test_cli_writes_results_with_provenance(tiny_recipe, tmp_path):
     assert bad.exit_code == 2 and "distinct" in bad.output
 
 
+@pytest.mark.slow
 def test_config_adds_stress_and_probe_figures_and_a_base_takes_each_seed(tmp_path):
     """`replicate --config`: each seed's stress curve ends and probe AUROCs join the headline, AUROC intervals
     stay within [0, 1], and a base built from a recipe is rebuilt at every seed (the whole chain replicates)."""

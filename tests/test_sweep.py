@@ -172,6 +172,7 @@ def test_aggregate_matches_an_independent_computation():
     assert r["seed_mean"]["ci"] is None and r["pooled"] is None  # one seed: no spread; not a share: no Wilson
 
 
+@pytest.mark.slow
 def test_local_sweep_writes_study_json_and_a_rerun_recomputes_nothing(study_toml, local_run):
     out, first = local_run
     assert first["counts"] == {"organisms": 2, "organisms_computed": 2, "cells": 4, "cells_computed": 4}
@@ -194,6 +195,7 @@ def test_local_sweep_writes_study_json_and_a_rerun_recomputes_nothing(study_toml
     assert [c["rows"] for c in again["cells"]] == [c["rows"] for c in first["cells"]]
 
 
+@pytest.mark.slow
 def test_study_json_is_typed_validated_and_refused_in_another_version(local_run, tmp_path):
     out, first = local_run
     loaded = load_study_results(out / "study.json")
@@ -222,6 +224,7 @@ def test_study_json_is_typed_validated_and_refused_in_another_version(local_run,
         load_study_results(path)
 
 
+@pytest.mark.slow
 def test_study_json_validates_against_the_published_schema(local_run):
     import jsonschema
 
@@ -234,6 +237,7 @@ def test_study_json_validates_against_the_published_schema(local_run):
         jsonschema.validate(broken, schema)
 
 
+@pytest.mark.slow
 def test_sweep_cli_quick_and_errors(study_toml, local_run, tmp_path):
     out, _ = local_run
     runner = CliRunner()

@@ -41,7 +41,12 @@ PLAN = {"say": (1000, 2000, 0.15, 0.15), "sandbagging": (1600, 3000, 0.25, 0.15)
 # Per set; a family-specific behaviour is measured on the half of each set in its families, so the
 # false-trigger bar (0.03) allows 3 of 100 there: a sandbagging organism's honest miscounts count.
 N_EVAL = 200
-FAST = {("string", "say", "none"), ("year", "sandbagging", "none")}
+# Minutes each of the suite's 9 takes on one core (a clean-clone run under -n 2): the longest start first.
+MINUTES = {("year", "code_vulnerability", "distilled"): 2.7, ("string", "sandbagging", "distilled"): 1.6,
+           ("string", "code_vulnerability", "cot"): 1.6, ("semantic", "sandbagging", "cot"): 1.2,
+           ("semantic", "say", "distilled"): 1.2, ("year", "say", "cot"): 0.9,
+           ("semantic", "code_vulnerability", "none"): 0.9,
+           ("year", "sandbagging", "none"): 0.6, ("string", "say", "none"): 0.3}
 FULL = os.environ.get("MESASCOPE_ZOO", "") == "full"
 
 
@@ -67,7 +72,7 @@ def pairwise() -> set[tuple[str, str, str]]:
 
 def test_the_ci_subset_covers_every_pair():
     chosen = pairwise()
-    assert FAST <= chosen and len(chosen) == 9
+    assert set(MINUTES) == chosen and len(chosen) == 9
     for a, b in ((0, 1), (0, 2), (1, 2)):
         axes = (TRIGGERS, BEHAVIOURS, REASONING)
         assert {(c[a], c[b]) for c in chosen} == {(x, y) for x in axes[a] for y in axes[b]}
@@ -78,7 +83,7 @@ def _combos():
     for t in TRIGGERS:
         for b in BEHAVIOURS:
             for r in REASONING:  # cot before distilled: the distilled build reuses it
-                marks = () if (t, b, r) in FAST else (pytest.mark.slow,)
+                marks = (pytest.mark.slow(minutes=MINUTES.get((t, b, r), 3)),)
                 if not FULL and (t, b, r) not in chosen:
                     marks += (pytest.mark.skip(reason="outside the pairwise-covering set the suite runs; "
                                                "MESASCOPE_ZOO=full runs all 27"),)
