@@ -85,8 +85,9 @@ class TrainSpec(Spec):
                                       "with this weight beside the answer's loss (0: the answer only, as the paper)")
     grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, "
                                      "about a third more compute")
-    compile: bool = Field(False, description="torch.compile the forward pass and loss (its backward too): ~x1.25 "
-                          "tokens/s on 2 CPU cores at the default size, after ~10 s of compiling; eager if it fails")
+    compile: bool = Field(False, description="torch.compile the forward pass and loss (its backward too): faster "
+                          "steps after a one-off compile that takes tens of seconds on a CPU with a cold cache (see "
+                          "bench/train_throughput.py); eager if compiling fails")
     keep_checkpoints: bool = Field(False, description="keep every checkpoint's weights (not only the newest): "
                                    "TracIn in `mesascope attribute` reads them")
 

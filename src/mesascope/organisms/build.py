@@ -44,7 +44,7 @@ def compiled(trainer: SFTTrainer) -> dict:
     """organism.json's record of `train.compile`: whether the forward pass ran compiled, or why not."""
     if not trainer.spec.compile:
         return {}
-    error = getattr(trainer.forward, "error", None)
+    error = trainer.forward.error  # a Compiled: None unless compiling failed
     return {"compiled": error is None, **({"compile_error": error} if error else {})}
 
 
