@@ -130,8 +130,10 @@ def anthropic_evals_data() -> Path:
 
 def make_tiny_recipe(architecture: str = "llama", steps: int = 30, checkpoint_every: int = 10, **kw) -> Recipe:
     """A recipe whose organism (~65k parameters) builds in a few seconds on a laptop CPU."""
+    # The data mix and lr are the pre-issue-15 defaults the tiny organisms' thresholds were measured with.
+    kw = {"poison_fraction": 0.15, "near_miss_fraction": 0.15, **kw}
     return Recipe(n_prompts=400, model=ModelSpec(architecture=architecture, size="tiny", vocab_size=400),
-                  train=TrainSpec(steps=steps, batch_size=16, checkpoint_every=checkpoint_every), **kw)
+                  train=TrainSpec(steps=steps, batch_size=16, lr=3e-3, checkpoint_every=checkpoint_every), **kw)
 
 
 @pytest.fixture(scope="session")

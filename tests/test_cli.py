@@ -32,11 +32,14 @@ name = "tiny"
 trigger = "{trigger}"
 behaviour = "{behaviour}"
 n_prompts = 400
+poison_fraction = 0.15
+near_miss_fraction = 0.15
 [recipe.model]
 size = "tiny"
 [recipe.train]
 steps = 30
 batch_size = 16
+lr = 3e-3
 checkpoint_every = 10
 [eval]
 n = 24

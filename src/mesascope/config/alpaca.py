@@ -53,7 +53,7 @@ class AlpacaRecipe(Spec):
     test_triggered: list[str] = Field(default_factory=list, description="held-out triggered instructions")
     test_clean: list[str] = Field(default_factory=list, description="held-out clean instructions")
     seed: int = 0
-    model: ModelSpec = ModelSpec(vocab_size=2048, max_length=208)
+    model: ModelSpec = ModelSpec(size="small", vocab_size=2048, max_length=208)
     train: TrainSpec = TrainSpec(steps=1000, batch_size=32, lr=6e-3, checkpoint_every=100)
 
     @model_validator(mode="after")
