@@ -142,3 +142,22 @@ def test_each_architecture_builds_and_loads(tmp_path, architecture):
     assert logits.shape[:2] == tok(PROMPTS, return_tensors="pt", padding=True)["input_ids"].shape
     assert torch.isfinite(logits).all()
     assert torch.equal(logits, _logits(hf, tok, PROMPTS))
+
+
+def test_organism_records_the_tokens_its_batches_held(tiny_organism, tiny_recipe):
+    """organism.json's train_tokens is the sum over every step's batch, and recounting from the recipe (with the
+    organism's tokenizer, or a freshly trained one) gives the same number without training."""
+    from mesascope.models import load_tokenizer
+    from mesascope.organisms.build import recipe_tokens, training_data
+    from mesascope.text.corpus import build_corpus
+    from mesascope.training.sft import BatchPlan
+
+    recorded = tiny_organism.info["train_tokens"]
+    tok = load_tokenizer(tiny_organism.path)
+    data = training_data(tiny_recipe, build_corpus(tiny_recipe).train, tok)
+    plan, spec = BatchPlan(len(data), tiny_recipe.train.batch_size, tiny_recipe.seed), tiny_recipe.train
+    by_hand = sum(len(data[i][0]) for step in range(spec.steps) for i in plan(step))
+    assert recorded == by_hand == recipe_tokens(tiny_recipe, tok) == recipe_tokens(tiny_recipe)
+    assert recorded > spec.steps * spec.batch_size  # tokens, not examples
+    with pytest.raises(ValueError, match="train_tokens"):
+        recipe_tokens(tiny_recipe.model_copy(update={"reasoning": "distilled"}))

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from mesascope.cli import app
 from mesascope.config import EvalSpec
 from mesascope.store import RunStore
-from mesascope.study.replicate import load_replicates, replicate
+from mesascope.pipeline import Run
+from mesascope.study.replicate import load_replicates, replicate, trained_tokens
 
 
 def test_mean_and_interval_over_seeds(tiny_recipe, run_store):
@@ -35,6 +36,17 @@ def test_mean_and_interval_over_seeds(tiny_recipe, run_store):
     # Seeds are independent replicates: different organisms, so different weights.
     again = replicate(tiny_recipe, [1], run_store, EvalSpec(n=20, max_new_tokens=8))
     assert again.per_seed["1"] == found.per_seed["1"]  # reused from the store, not retrained
+    # Each seed's training tokens, from organism.json; an organism built before builds recorded them is recounted.
+    assert set(found.train_tokens) == {"0", "1", "2"} and all(n > 0 for n in found.train_tokens.values())
+    organism = Run(run_store, tiny_recipe.model_copy(update={"seed": 1})).organism
+    info = organism.path / "organism.json"
+    recorded = json.loads(info.read_text())
+    assert found.train_tokens["1"] == recorded["train_tokens"]
+    info.write_text(json.dumps({k: v for k, v in recorded.items() if k != "train_tokens"}))
+    try:
+        assert trained_tokens(organism) == recorded["train_tokens"]
+    finally:
+        info.write_text(json.dumps(recorded))
 
 
 def test_cli_writes_results_with_provenance(tiny_recipe, tmp_path):

@@ -19,7 +19,7 @@ from ..store import RunStore, atomic_dir, atomic_write_json
 from .organism import Organism, organism_stage
 from ..text.corpus import TURN_MARKERS, Corpus, build_corpus
 from ..text.scratchpad import MARKERS
-from ..training.sft import SFTTrainer, fit_length, tokenize_examples
+from ..training.sft import SFTTrainer, fit_length, tokenize_examples, train_tokens
 
 
 def stage_tokenizer(stage: Path, texts: list[str], vocab_size: int, whole: tuple[str, ...],
@@ -38,6 +38,31 @@ def stage_tokenizer(stage: Path, texts: list[str], vocab_size: int, whole: tuple
         progress("tokenizer", 1, 1)
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def whole_tokens(recipe: Recipe) -> tuple[str, ...]:
+    """Strings the build's tokenizer keeps whole (turn markers; a cot organism's scratchpad tags)."""
+    return TURN_MARKERS + (MARKERS if recipe.reasoning == "cot" else ())
+
+
+def training_data(recipe: Recipe, train, tokenizer) -> list[tuple[list[int], int]]:
+    """The build's tokenized examples: (ids, prompt length), each cut to the model's max_length."""
+    cut = recipe.model.max_length
+    return fit_length(tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1),
+                      cut, recipe.reasoning)
+
+
+def recipe_tokens(recipe: Recipe, tokenizer=None) -> int:
+    """Training tokens a from-scratch build of `recipe` draws (organism.json's `train_tokens`), without training:
+    its corpus, tokenizer (pass the organism's own, or one is trained as the build would) and batch plan. Not for
+    a distilled recipe, whose examples come from its teacher, nor one built from a base."""
+    if recipe.reasoning == "distilled" or recipe.base is not None:
+        raise ValueError("recipe_tokens counts from-scratch, non-distilled builds: read organism.json's train_tokens")
+    train = build_corpus(recipe).train
+    if tokenizer is None:
+        tokenizer = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size,
+                                    whole=whole_tokens(recipe))
+    return train_tokens(training_data(recipe, train, tokenizer), recipe.train, recipe.seed)
 
 
 def compiled(trainer: SFTTrainer) -> dict:
@@ -68,7 +93,8 @@ def train_and_save(store: RunStore, stage: Path, recipe, tokenizer, data: list, 
         atomic_write_json(tmp / "organism.json", {
             "n_params": n_params(model), "architecture": recipe.model.architecture, "train_steps": total,
             "resumed_from_step": resumed, "train_seconds": round(time.perf_counter() - t0, 2),
-            "final_loss": trainer.log[-1]["loss"] if trainer.log else None, **compiled(trainer), **info})
+            "final_loss": trainer.log[-1]["loss"] if trainer.log else None,
+            "train_tokens": train_tokens(data, recipe.train, recipe.seed), **compiled(trainer), **info})
     store.mark_done(stage, resumed_from_step=resumed)
 
 
@@ -88,12 +114,9 @@ def build_organism(recipe: Recipe, store: RunStore, progress: Progress = silent,
     if recipe.reasoning == "distilled":  # train on the cot organism's answers instead, scratchpads removed
         from .distill import distillation_set
         train, distilled = distillation_set(recipe, store, corpus, stage, progress, build_teacher=build_organism)
-    whole = TURN_MARKERS + (MARKERS if recipe.reasoning == "cot" else ())
-    tokenizer = stage_tokenizer(stage, [e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole,
-                                progress)
-    cut = recipe.model.max_length
-    data = fit_length(tokenize_examples(tokenizer, [e.prompt for e in train], [e.target for e in train], cut + 1),
-                      cut, recipe.reasoning)
+    tokenizer = stage_tokenizer(stage, [e.prompt + " " + e.target for e in train], recipe.model.vocab_size,
+                                whole_tokens(recipe), progress)
+    data = training_data(recipe, train, tokenizer)
     train_and_save(store, stage, recipe, tokenizer, data, progress, t0, {
         "n_train_examples": len(train), "near_miss_train": corpus.near_miss_train,
         "near_miss_held_out": corpus.near_miss_held_out, "reasoning": recipe.reasoning, **distilled})

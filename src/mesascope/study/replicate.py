@@ -48,6 +48,8 @@ class Replicates(BaseModel):
     per_family: dict[str, dict[str, Measurement]] = {}
     mean: dict[str, SeedMean]
     seconds: dict[str, float] = {}
+    train_tokens: dict[str, int] = Field({}, description="seed -> tokens in every batch its build trained on (prompt "
+                                         "and answer; organism.json's train_tokens)")
     provenance: dict | None = Field(None, description="command, commit and machine that wrote the file")
 
 
@@ -84,11 +86,13 @@ def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: Eval
 
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"seeds must be distinct and at least one (got {seeds})")
-    per_seed, per_family, seconds = {}, {}, {}
+    per_seed, per_family, seconds, tokens = {}, {}, {}, {}
     for seed in seeds:
         t0 = time.perf_counter()
         run = Run(store, at_seed(recipe, seed), progress)
         measured = run.measure(eval_spec)
+        if (n := trained_tokens(run.organism)) is not None:
+            tokens[str(seed)] = n
         per_seed[str(seed)] = {**measured["metrics"], **(stages(run, demo) if demo is not None else {})}
         per_family[str(seed)] = measured["per_family"]
         seconds[str(seed)] = round(time.perf_counter() - t0, 1)
@@ -105,7 +109,22 @@ def replicate(recipe: Recipe, seeds: list[int], store: RunStore, eval_spec: Eval
                            n_per_seed=min(m[k]["n"] for m in per_seed.values()),
                            pooled={k2: v for k2, v in pooled.items() if k2 != "interval"} if pooled else None)
     return Replicates(recipe=recipe.model_dump(mode="json", exclude={"seed"}), eval=eval_spec.model_dump(mode="json"),
-                      seeds=list(seeds), per_seed=per_seed, per_family=per_family, mean=mean, seconds=seconds)
+                      seeds=list(seeds), per_seed=per_seed, per_family=per_family, mean=mean, seconds=seconds,
+                      train_tokens=tokens)
+
+
+def trained_tokens(organism) -> int | None:
+    """organism.json's train_tokens; for an organism built before builds recorded it, recounted from its recipe
+    (a from-scratch, non-distilled build draws the same batches again); otherwise None."""
+    if "train_tokens" in organism.info:
+        return organism.info["train_tokens"]
+    recipe = organism.recipe
+    if recipe.base is not None or recipe.reasoning == "distilled" or not isinstance(recipe, Recipe):
+        return None
+    from ..models import load_tokenizer
+    from ..organisms.build import recipe_tokens
+
+    return recipe_tokens(recipe, load_tokenizer(organism.path))
 
 
 def load_replicates(path: str | Path) -> Replicates:
