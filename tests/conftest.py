@@ -79,14 +79,20 @@ def pytest_collection_modifyitems(config, items):
 # (setup included): the summary names any that do, to be marked slow or made quicker.
 QUICK_BUDGET_S = 5.0
 _durations: dict[str, float] = {}
+_slow: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report):
-    if "slow" not in report.keywords:
-        _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    kept = _slow if "slow" in report.keywords else _durations
+    kept[report.nodeid] = kept.get(report.nodeid, 0.0) + report.duration
 
 
 def pytest_terminal_summary(terminalreporter):
+    longest = sorted(((t, n) for n, t in _slow.items()), reverse=True)[:12]
+    if longest:  # where the whole suite's time goes (its budget: 12 minutes on 2 cores)
+        terminalreporter.write_line(f"the longest slow tests (setup included), of {sum(_slow.values()):.0f} s in all:")
+        for t, n in longest:
+            terminalreporter.write_line(f"  {t:6.1f} s  {n}")
     over = sorted(((t, n) for n, t in _durations.items() if t > QUICK_BUDGET_S), reverse=True)
     if over:
         terminalreporter.write_line(f"{len(over)} test(s) not marked slow took over {QUICK_BUDGET_S:g} s, the quick "

@@ -214,7 +214,7 @@ def render(fn: str, args: list, kw: dict, page: str, style: str = "mkdocs") -> s
     link = f"docs/results/{name}" if style == "github" else os.path.relpath(f"results/{name}", here)
     source = source_line(name, data, command, link)
     if fn == "results_value":
-        return fmt(get(data, args[1]), kw.get("digits", 3))
+        return fmt(get(data, args[1]), kw.get("digits", 3), kw.get("spec"))
     return table(data, **kw) + "\n\n" + source
 
 
