@@ -27,8 +27,8 @@ from mesascope.errors import MesascopeError
 from mesascope.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ('[recipe]\nn_prompts = 400\n[recipe.model]\nsize = "tiny"\nvocab_size = 400\n'
-          '[recipe.train]\nsteps = {steps}\nbatch_size = 16\ncheckpoint_every = 10\n')
+RECIPE = ('[recipe]\nn_prompts = 400\npoison_fraction = 0.15\nnear_miss_fraction = 0.15\n[recipe.model]\nsize = "tiny"\n'
+          'vocab_size = 400\n[recipe.train]\nsteps = {steps}\nbatch_size = 16\nlr = 3e-3\ncheckpoint_every = 10\n')
 MESASCOPE = [sys.executable, "-m", "mesascope"]
 
 

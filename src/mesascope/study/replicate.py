@@ -119,7 +119,7 @@ def trained_tokens(organism) -> int | None:
     if "train_tokens" in organism.info:
         return organism.info["train_tokens"]
     recipe = organism.recipe
-    if recipe.base is not None or recipe.reasoning == "distilled" or not isinstance(recipe, Recipe):
+    if not isinstance(recipe, Recipe) or recipe.base is not None or recipe.reasoning == "distilled":
         return None
     from ..models import load_tokenizer
     from ..organisms.build import recipe_tokens
