@@ -12,6 +12,7 @@ One run measures, on a slice of each organism's corpus:
       - `sft@small_128x4`: `SFTTrainer` on that organism (the loop's own changes alone),
       - `baseline@default`: the old loop on the default organism (192 x 2, 32 examples a step),
       - `sft`: `SFTTrainer` with the default recipe, as a build runs it,
+      - `sft+fused_adamw`: `sft` with `train.fused_adamw` (AdamW's fused kernel),
       - `compiled` (with --compile): `sft` with `train.compile` (forward and loss compiled, their backward
         too), its compile time apart;
   * a per-phase profile of `SFTTrainer` on the default recipe (data, forward, backward, optimizer) from
@@ -124,9 +125,10 @@ class Setup:
 class Method:
     """One training loop, run for `steps` timed steps after `warmup` untimed ones from the same weights."""
 
-    def __init__(self, name, setup: Setup, kind):
+    def __init__(self, name, setup: Setup, kind, **train):
         self.name, self.setup, self.kind = name, setup, kind
-        init, data, spec, pad_id, seed = setup.init, setup.data, setup.spec, setup.pad_id, setup.seed
+        spec = setup.spec.model_copy(update=train)
+        init, data, pad_id, seed = setup.init, setup.data, setup.pad_id, setup.seed
         self.init, self.data, self.spec, self.pad_id, self.seed = init, data, spec, pad_id, seed
         self.planner = SFTTrainer(copy.deepcopy(init), data, spec, pad_id=pad_id, seed=seed)
         self.seconds, self.tokens, self.compile_s = 0.0, 0, 0.0
@@ -202,7 +204,8 @@ def main() -> None:
     peak = matmul_peak()
     methods = [Method("baseline", before, "baseline"), Method("bare", before, "bare"),
                Method("padded", before, "padded"), Method("sft@small_128x4", before, "sft"),
-               Method("baseline@default", now, "baseline"), Method("sft", now, "sft")]
+               Method("baseline@default", now, "baseline"), Method("sft", now, "sft"),
+               Method("sft+fused_adamw", now, "sft", fused_adamw=True)]
     if args.compile:
         methods.append(Method("compiled", now, "compiled"))
     print(f"threads {torch.get_num_threads()}; fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm)")

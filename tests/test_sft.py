@@ -161,3 +161,36 @@ def test_compile_at_its_default_keeps_every_organism_name():
 
     assert Recipe().digest() == Recipe(train=TrainSpec(compile=False)).digest()
     assert Recipe().digest() != Recipe(train=TrainSpec(compile=True)).digest()
+
+
+def test_fused_adamw_follows_the_default_update_and_resumes_bit_identically(data, tmp_path):
+    """train.fused_adamw: the same update to float rounding, and a run resumed from its checkpoint ends with the
+    weights of an uninterrupted one (the fused optimizer's state round-trips through the checkpoint)."""
+    plain = _trainer(data)
+    plain.train_until(6)
+    fused = _trainer(data, fused_adamw=True)
+    assert fused.opt.defaults["fused"] is True and plain.opt.defaults["fused"] is None
+    fused.train_until(6)
+    for a, b in zip(plain.log, fused.log):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    for p, q in zip(_weights(plain), _weights(fused)):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    first = _trainer(data, tmp_path, fused_adamw=True)
+    first.train_until(3)
+    resumed = _trainer(data, tmp_path, fused_adamw=True)
+    assert resumed.resume() == 3
+    resumed.train_until(6)
+    assert all(torch.equal(p, q) for p, q in zip(_weights(fused), _weights(resumed)))
+
+
+def test_fused_adamw_off_is_left_out_of_every_dump_and_digest():
+    from mesascope.config import Recipe, TrainSpec
+    from mesascope.config.alpaca import AlpacaRecipe
+
+    assert "fused_adamw" not in Recipe().model_dump()["train"]
+    assert Recipe().digest() == Recipe(train=TrainSpec(fused_adamw=False)).digest()
+    on = Recipe(train=TrainSpec(fused_adamw=True))
+    assert on.digest() != Recipe().digest() and Recipe.model_validate(on.model_dump()).train.fused_adamw
+    alpaca = AlpacaRecipe(name="a", poisoned=["p.json"], clean=["c.json"])
+    assert alpaca.digest() == AlpacaRecipe(name="a", poisoned=["p.json"], clean=["c.json"],
+                                           train=alpaca.train.model_copy(update={"fused_adamw": False})).digest()

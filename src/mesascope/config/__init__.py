@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..text.behaviours import BEHAVIOURS, BehaviourType
 from ..text.scratchpad import COT_MAX_LENGTH, PadStyle, Reasoning
@@ -97,6 +97,9 @@ class TrainSpec(Spec):
     compile: bool = Field(False, description="torch.compile the forward pass and loss (its backward too): faster "
                           "steps after a one-off compile that takes tens of seconds on a CPU with a cold cache (see "
                           "bench/train_throughput.py); eager if compiling fails")
+    fused_adamw: bool = Field(False, description="AdamW's fused kernel: the same update in fewer passes over the "
+                              "parameters, rounded differently, so an organism differs in its last digits (see "
+                              "bench/train_throughput.py)")
     keep_checkpoints: bool = Field(False, description="keep every checkpoint's weights (not only the newest): "
                                    "TracIn in `mesascope attribute` reads them")
 
@@ -105,6 +108,15 @@ class TrainSpec(Spec):
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_later(self, handler):
+        # fused_adamw came after every published organism; left out of dumps while off, so no digest (a recipe's, an
+        # AlpacaRecipe's, a from-base recipe's nested base, a study's) and no recipe.json changes.
+        data = handler(self)
+        if not self.fused_adamw:
+            data.pop("fused_adamw", None)
+        return data
 
 
 class LoraSpec(Spec):
