@@ -46,8 +46,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from mesascope.config import Recipe, TrainSpec, load_recipe
 from mesascope.models import build_model, n_params, train_tokenizer
-from mesascope.text.corpus import TURN_MARKERS, build_corpus
-from mesascope.training.sft import IGNORE, SFTTrainer, causal_lm, collate, collate_packed, tokenize_examples
+from mesascope.organisms.build import training_data, whole_tokens
+from mesascope.text.corpus import build_corpus
+from mesascope.training.sft import IGNORE, SFTTrainer, causal_lm, collate, collate_packed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = os.path.join(ROOT, "examples", "small_128x4.toml")  # the default recipe before issue 15
@@ -106,9 +107,8 @@ class Setup:
         self.name, self.recipe, self.spec, self.seed = name, recipe, recipe.train, recipe.seed
         train = build_corpus(recipe).train
         self.tok = train_tokenizer([e.prompt + " " + e.target for e in train], recipe.model.vocab_size,
-                                   whole=TURN_MARKERS)
-        self.data = tokenize_examples(self.tok, [e.prompt for e in train], [e.target for e in train],
-                                      recipe.model.max_length)
+                                   whole=whole_tokens(recipe))
+        self.data = training_data(recipe, train, self.tok)  # the build's own examples
         self.init = build_model(recipe.model, self.tok, recipe.seed)
         self.pad_id = self.tok.pad_token_id
         d, layers, _ = recipe.model.dims
