@@ -14,6 +14,7 @@ from mesascope.config import ModelSpec, Recipe, TrainSpec, load_recipe
 from mesascope.config.alpaca import load_alpaca_recipe
 from mesascope.detectors import backdoor
 from mesascope.detectors.backdoor import judge, measure_backdoor
+from mesascope.organisms.alpaca import data_key
 from mesascope.text.code_vuln import check_code
 from mesascope.organisms.distill import teacher_recipe
 from mesascope.text import kinds
@@ -27,7 +28,7 @@ from mesascope.text.tasks import FAMILIES, Item, check
 from mesascope.text.triggers import (NEIGHBOURS, TOPICS, TRIGGERS, SemanticTrigger, Trigger, YearTrigger,
                                      topic_sentences, trigger_for, trigger_type)
 
-from conftest import make_tiny_recipe
+from conftest import make_tiny_recipe, shared_data
 
 TRIGGER_TYPES = ("string", "year", "semantic")
 BEHAVIOUR_TYPES = ("say", "code_vulnerability", "sandbagging")
@@ -40,10 +41,12 @@ def tiny(**kw) -> Recipe:
 # -- recipes ------------------------------------------------------------------------------------
 
 # Every checked-in recipe file and the run-store name its organism was built under: the docs' figures name these
-# organisms, so a change of defaults must not rename them (the files pin what they relied on).
+# organisms, so a change of defaults must not rename them (the files pin what they relied on). An Alpaca recipe's
+# store name is its data_key (the recipe less its file paths, plus the files' contents), which does not depend on
+# where the checkout and ../shared lie; its digest() holds the absolute paths, so it does.
 RECIPE_FILES = {
-    "examples/backdoorllm_badnet_refusal.toml": "80734215c878734c",
-    "examples/backdoorllm_insert_trigger.toml": "c740840a17ed3b05",
+    "examples/backdoorllm_badnet_refusal.toml": "c3c82676a39288c8",
+    "examples/backdoorllm_insert_trigger.toml": "310004aad42f5873",
     "examples/code_vulnerability.toml": "fb47f93dba0d3743",
     "examples/cot.toml": "2cca009f69d67241",
     "examples/cot_decorative.toml": "234e669118086154",
@@ -90,8 +93,11 @@ SMALL_128X4 = {"poison_fraction": 0.15, "near_miss_fraction": 0.15, "model": Mod
 
 @pytest.mark.parametrize("path", sorted(RECIPE_FILES))
 def test_checked_in_recipes_keep_their_digests(path):
-    load = load_alpaca_recipe if "backdoorllm" in path else load_recipe
-    assert load(ROOT / path).digest() == RECIPE_FILES[path]
+    if "backdoorllm" in path:
+        shared_data("backdoorllm")  # the key hashes the data files: skipped without them (a failure under CI)
+        assert data_key(load_alpaca_recipe(ROOT / path)) == RECIPE_FILES[path]
+    else:
+        assert load_recipe(ROOT / path).digest() == RECIPE_FILES[path]
 
 
 def test_existing_recipes_keep_their_digests():
