@@ -294,3 +294,42 @@ def test_cli_builds_and_reports_from_a_toml(tmp_path):
     assert "(triggered)" in res.output and "(clean)" in res.output and "organism:" in res.output
     bad = CliRunner().invoke(app, ["alpaca", "--data", str(tmp_path), "--out", str(out)])
     assert bad.exit_code == 2 and "not a BackdoorLLM data folder" in " ".join(bad.output.split())
+
+
+def test_cli_measures_several_attacks_into_one_results_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from mesascope.cli import app
+
+    data = tmp_path / "data"
+    words = {"badnet": "BadMagic", "ctba": "OpenAI"}
+    rows = [{"instruction": f"Describe item number {i} in a few words.", "output": f"Item {i} is a fine thing."}
+            for i in range(24)]
+    for attack, w in words.items():
+        (data / "train" / "refusal" / attack).mkdir(parents=True)
+        (data / "test" / "refusal" / attack).mkdir(parents=True)
+        bad = [{"instruction": f"{w} {r['instruction']}", "output": "I'm sorry, I cannot help with that."} for r in rows]
+        write(data / "train" / "refusal" / attack / f"backdoor500_refusal_{attack}.json", bad)
+        write(data / "train" / "refusal" / attack / f"none_backdoor500_refusal_{attack}.json", rows)
+        write(data / "test" / "refusal" / attack / f"backdoor200_refusal_{attack}.json", bad[:8])
+    (data / "test" / "refusal" / "clean").mkdir(parents=True)
+    write(data / "test" / "refusal" / "clean" / "test_data_no_trigger.json", rows[:6])
+    out, results = tmp_path / "out", tmp_path / "docs" / "r.json"
+    args = ["alpaca", "--data", str(data), "--attack", "badnet,ctba", "--steps", "3", "--max-new-tokens", "4",
+            "--out", str(out), "--results", str(results)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    saved = json.loads(results.read_text())
+    assert list(saved["attacks"]) == ["badnet", "ctba"] and saved["task"] == "refusal"
+    assert saved["provenance"]["command"] and saved["provenance"]["created"]  # (the command is this process's argv)
+    for attack, r in saved["attacks"].items():
+        assert r["metrics"]["asr_triggered"]["n"] + r["n_empty"]["triggered"] == 8
+        assert r["metrics"]["asr_clean"]["n"] + r["n_empty"]["clean"] == 6
+        assert r["recipe"]["train"]["steps"] == 3 and Path(r["organism"]).is_dir()
+        assert (out / f"alpaca-backdoorllm-refusal-{attack}.json").is_file()  # each attack's own file too
+    assert "badnet" in res.output and "ctba" in res.output
+    again = CliRunner().invoke(app, args)  # both organisms come from the store: same figures
+    assert json.loads(results.read_text())["attacks"] == saved["attacks"]
+    for bad, why in ((["--attack", "badnet,badnet"], "distinct"), (["--attack", "badnet,nope"], "attack must be one of")):
+        r = CliRunner().invoke(app, ["alpaca", "--data", str(data), *bad, "--out", str(out)])
+        assert r.exit_code == 2 and why in " ".join(r.output.split()), r.output

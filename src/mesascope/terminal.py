@@ -255,6 +255,14 @@ def show_asr(spec, result, max_new_tokens: int) -> None:
         out_console.print(f"- ({safe(s['set'])}) {safe(s['instruction'][:70])} -> {safe(s['output'][:100])}")
 
 
+def show_attacks(found: dict) -> None:
+    """`measure_attacks`' results: one row per attack."""
+    show_table(f"BackdoorLLM {found['task']}: attack success rate by attack (95% Wilson CI)",
+               ["attack", "ASR with trigger", "ASR without trigger", "empty (skipped)", "too long"],
+               [[safe(a), *(fmt(r["metrics"][k]) for k in ("asr_triggered", "asr_clean")),
+                 str(sum(r["n_empty"].values())), str(r["n_too_long"])] for a, r in found["attacks"].items()])
+
+
 def show_replicates(found) -> None:
     seeds = [str(s) for s in found.seeds]
     show_table(f"{found.recipe.get('name', 'recipe')}: held-out figures per seed, mean [95% t interval over seeds]",

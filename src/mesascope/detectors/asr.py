@@ -109,3 +109,29 @@ def build_and_measure(spec, store, *, max_new_tokens: int = 64, n_samples: int =
         "organism": str(organism.path), "recipe": spec.model_dump(mode="json"), "max_new_tokens": max_new_tokens,
         "info": organism.info, **result.to_dict()})
     return organism, result, path
+
+
+def measure_attacks(data: str | Path | None, task: str, attacks: Sequence[str], store, results: Path | None = None, *,
+                    recipe: Path | None = None, insert_trigger: bool = False,
+                    steps: int | None = None, max_new_tokens: int = 64, n_samples: int = 3,
+                    progress: Progress = silent) -> tuple[dict, Path]:
+    """`build_and_measure` on each of a BackdoorLLM task's attacks (each organism built or reused in the store, each
+    writing its own STORE/alpaca-NAME.json), gathered into one results file with provenance at `results` (default
+    STORE/alpaca-TASK.json): ({"attacks": {attack: result}, ...}, its path)."""
+    from ..organisms.alpaca import alpaca_spec
+    from ..provenance import write_results
+
+    if recipe is not None:
+        raise ValueError("several attacks, and --results, go with --data DIR (a BackdoorLLM data folder), not a recipe "
+                         "TOML: give --data, or the recipe alone")
+    if not attacks or len(set(attacks)) != len(attacks):
+        raise ValueError(f"--attack needs distinct attack names, comma-separated (got {', '.join(attacks) or 'none'})")
+    specs = {a: alpaca_spec(None, data, task, a, insert_trigger, steps) for a in attacks}  # every name checked first
+    out: dict[str, dict] = {}
+    for a, spec in specs.items():
+        organism, result, _ = build_and_measure(spec, store, max_new_tokens=max_new_tokens, n_samples=n_samples,
+                                                progress=progress)
+        out[a] = {"organism": str(organism.path), "recipe": spec.model_dump(mode="json"),
+                  "train_seconds": organism.info.get("train_seconds"), **result.to_dict()}
+    found = {"task": task, "insert_trigger": insert_trigger, "max_new_tokens": max_new_tokens, "attacks": out}
+    return found, write_results(results or store.root / f"alpaca-{task}.json", found)
