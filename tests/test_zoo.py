@@ -5,7 +5,7 @@ backdoor rate >= 0.95 and false-trigger rate <= 0.03 (the near-miss rate, helpfu
 the other families' accuracy with and without the trigger are reported, not asserted: the
 held-out near misses include contexts, such as earlier years, the organism never saw). A
 distilled organism is taught by the cot organism of the same recipe, which its test builds,
-measures and holds to the same bars first (from the shared store when a cot test built it).
+measures and holds to the same bars first: the cot cases are not tests of their own (skipped).
 
 The configs are the smallest measured to pass: 2 blocks of width 64 for every combination,
 with more steps where there is more to learn (code: writing the code itself; cot: the
@@ -17,7 +17,7 @@ measured in every CI run while the suite stays near its time budget: every (trig
 pair once, distilled where trigger index + behaviour index = 2 (mod 3) and without reasoning
 elsewhere, and each distilled test's cot teacher besides, so every (trigger, reasoning) and
 (behaviour, reasoning) pair occurs too. (An orthogonal array with 3 cot cells of their own
-cost 3 more cot builds for the same pairs.) MESASCOPE_ZOO=full runs all 27.
+cost 3 more cot builds for the same pairs.) MESASCOPE_ZOO=full measures all 27 (in 18 tests).
 """
 
 from __future__ import annotations
@@ -101,12 +101,14 @@ def _combos():
     chosen = ci_cells()
     for t in TRIGGERS:
         for b in BEHAVIOURS:
-            for r in REASONING:  # cot before distilled: the distilled build reuses it
+            for r in REASONING:
                 marks = (pytest.mark.slow(minutes=MINUTES.get((t, b, r), 3)),)
-                if not FULL and (t, b, r) not in chosen:
-                    why = ("measured as the teacher of the distilled test of its trigger and behaviour"
-                           if (t, b, "cot") in measured(chosen) else "outside the pairwise-covering set the suite runs")
-                    marks += (pytest.mark.skip(reason=f"{why}; MESASCOPE_ZOO=full runs all 27"),)
+                if r == "cot":  # so a full run builds each cot organism once, on the worker that distils it
+                    marks += (pytest.mark.skip(reason="measured by the distilled test of its trigger and behaviour, "
+                                               "as that test's teacher"),)
+                elif not FULL and (t, b, r) not in chosen:
+                    marks += (pytest.mark.skip(reason="outside the pairwise-covering set the suite runs; "
+                                               "MESASCOPE_ZOO=full runs all 27"),)
                 yield pytest.param(t, b, r, id=f"{t}-{b}-{r}", marks=marks)
 
 
