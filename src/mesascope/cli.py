@@ -194,7 +194,7 @@ def alpaca(recipe: Annotated[Optional[Path], typer.Argument(help="AlpacaRecipe T
     from .store import RunStore
     from .text.alpaca import AlpacaFormatError
 
-    attacks, store, several = [a.strip() for a in attack.split(",")], RunStore(out, fresh), "," in attack or results
+    attacks, store, several = [a.strip() for a in attack.split(",")], RunStore(out, fresh), "," in attack or results is not None
     try:
         with progress_bars() as progress:
             if several:
