@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -146,7 +147,7 @@ def add_result(path: Path, row: dict) -> None:
     """Add one organism's row to the run's results file (rows in combination order), locked against the other
     workers and written atomically, so an interrupted run leaves every organism measured so far."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"mesascope-zoo-{RUN_ID}.lock", "w") as lock:  # none left in docs/
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         rows = {r["combo"]: r for r in old.get("organisms", [])} if old.get("run") == RUN_ID else {}
