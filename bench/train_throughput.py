@@ -37,6 +37,7 @@ import os
 import shlex
 import sys
 import time
+from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -185,6 +186,36 @@ def phase_profile(init, data, spec, pad_id, seed, steps: int) -> dict:
     return {"ms_per_step": {k: round(v, 2) for k, v in phases.items()}, "matmul_share": round(mm / max(total, 1), 3)}
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def matmul_ceiling(init, data, spec, pad_id, seed, steps: int, rounds: int = 5) -> dict:
+    """ms per step of the matrix products of `steps` SFTTrainer steps replayed alone at their own shapes, and the
+    tokens those steps trained on (the ceiling's utilisation: their model FLOPs over that time)."""
+    trainer = SFTTrainer(copy.deepcopy(init), data, spec, pad_id=pad_id, seed=seed)
+    trainer.train_until(3)
+    tokens = sum(len(data[i][0]) for s in range(3, 3 + steps) for i in trainer.batch_indices(s))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        trainer.train_until(3 + steps)
+    calls = Counter((e.name, tuple(tuple(x) for x in e.input_shapes)) for e in prof.events() if e.name in MATMULS)
+    ops = []
+    for (name, shapes), n in calls.items():
+        if name == "aten::addmm":
+            args = (torch.randn(shapes[0]), torch.randn(shapes[1]), torch.randn(shapes[2]))
+            ops.append((torch.addmm, args, n))
+        else:
+            ops.append((torch.mm if name == "aten::mm" else torch.bmm, (torch.randn(shapes[0]), torch.randn(shapes[1])), n))
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for fn, args, n in ops:
+            for _ in range(n):
+                fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return {"ms_per_step": round(best * 1e3 / steps, 2), "tokens_per_step": round(tokens / steps, 1),
+            "calls_per_step": round(sum(calls.values()) / steps), "shapes": len(calls)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40, help="timed steps per method, split across rounds")
@@ -237,6 +268,13 @@ def main() -> None:
         print(f"SFTTrainer profile per step (default recipe, torch.profiler, {args.profile_steps} steps): {parts}")
         print(f"matrix products take {profile_out['matmul_share']:.0%} of CPU time: removing everything else "
               f"would give at most x{1 / max(profile_out['matmul_share'], 1e-9):.2f}")
+        ceiling = matmul_ceiling(now.init, now.data, now.spec, now.pad_id, now.seed, args.profile_steps)
+        mfu = ceiling["tokens_per_step"] * now.flops_per_token / (ceiling["ms_per_step"] / 1e3) / 1e9 / peak
+        ceiling.update(mfu=round(mfu, 3), vs_baseline=round(mfu / base, 2))
+        profile_out["matmul_ceiling"] = ceiling
+        print(f"matrix-product ceiling (default recipe): its {ceiling['calls_per_step']} products a step "
+              f"({ceiling['shapes']} shapes) replayed alone take {ceiling['ms_per_step']:.1f} ms; with all else free "
+              f"the loop's MFU would be at most {mfu:.1%}, x{mfu / base:.2f} of baseline (issue 15 asks for x1.7)")
     loop_alone = rows["sft"]["mfu"] / rows["baseline@default"]["mfu"]
     print(f"SFT loop utilisation, default recipe, vs the old loop on the old default: x{rows['sft']['vs_baseline']:.2f} "
           f"(issue 15 asks for x1.7); vs the old loop on the default organism: x{loop_alone:.2f}")
