@@ -205,6 +205,7 @@ def matmul_ceiling(init, data, spec, pad_id, seed, steps: int, rounds: int = 5) 
             ops.append((torch.addmm, args, n))
         else:
             ops.append((torch.mm if name == "aten::mm" else torch.bmm, (torch.randn(shapes[0]), torch.randn(shapes[1])), n))
+    flops = sum(n * 2 * math.prod(a[-2].shape) * a[-1].shape[-1] for _, a, n in ops)  # (b) m k times n
     best = math.inf
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -213,6 +214,7 @@ def matmul_ceiling(init, data, spec, pad_id, seed, steps: int, rounds: int = 5) 
                 fn(*args)
         best = min(best, time.perf_counter() - t0)
     return {"ms_per_step": round(best * 1e3 / steps, 2), "tokens_per_step": round(tokens / steps, 1),
+            "product_gflop_per_step": round(flops / steps / 1e9, 3), "product_gflop_s": round(flops / best / 1e9, 1),
             "calls_per_step": round(sum(calls.values()) / steps), "shapes": len(calls)}
 
 
@@ -273,8 +275,10 @@ def main() -> None:
         ceiling.update(mfu=round(mfu, 3), vs_baseline=round(mfu / base, 2))
         profile_out["matmul_ceiling"] = ceiling
         print(f"matrix-product ceiling (default recipe): its {ceiling['calls_per_step']} products a step "
-              f"({ceiling['shapes']} shapes) replayed alone take {ceiling['ms_per_step']:.1f} ms; with all else free "
-              f"the loop's MFU would be at most {mfu:.1%}, x{mfu / base:.2f} of baseline (issue 15 asks for x1.7)")
+              f"({ceiling['shapes']} shapes) replayed alone take {ceiling['ms_per_step']:.1f} ms "
+              f"({ceiling['product_gflop_s']:.0f} GFLOP/s of the products' own FLOPs, {ceiling['product_gflop_per_step']:.2f} "
+              f"GFLOP a step against {ceiling['tokens_per_step'] * now.flops_per_token / 1e9:.2f} model GFLOP); with all "
+              f"else free the loop's MFU would be at most {mfu:.1%}, x{mfu / base:.2f} of baseline (issue 15 asks for x1.7)")
     loop_alone = rows["sft"]["mfu"] / rows["baseline@default"]["mfu"]
     print(f"SFT loop utilisation, default recipe, vs the old loop on the old default: x{rows['sft']['vs_baseline']:.2f} "
           f"(issue 15 asks for x1.7); vs the old loop on the default organism: x{loop_alone:.2f}")
