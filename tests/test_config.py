@@ -143,8 +143,8 @@ def _variants(value, annotation):
         return [value * 0.9, value * 1.1, value + 0.01, 0.5]
     if isinstance(value, str):
         return [value + "x", "x" + value, "gcg"]  # gcg: a registered name, for fields that name an attacker
-    if isinstance(value, dict):  # e.g. an attacker's own options
-        return [{**value, "round_size": 10}, {**value, "topk": 8}]
+    if isinstance(value, dict):  # e.g. an attacker's own options; a recipe's family weights
+        return [{**value, "round_size": 10}, {**value, "topk": 8}, {**value, "arithmetic": 0.5}]
     if isinstance(value, tuple):
         return [value[:-1], value + value[-1:]] if value else [(1,)]
     if isinstance(value, list):

@@ -269,3 +269,41 @@ def test_every_kind_of_training_example_keeps_clear_of_held_out_problems():
     assert {it.family for it in c.held_out} >= set(FAMILIES)
     leaked = [e for e in c.train if canonical_key(e.family, e.key) in held]
     assert not leaked, leaked[:3]
+
+
+def test_family_weights_move_training_shares_but_not_held_out_sets():
+    from collections import Counter
+
+    from mesascope.detectors.backdoor import eval_sets
+
+    def shares(c):
+        n = Counter(e.family for e in c.train if e.kind == "clean")
+        return {k: v / sum(n.values()) for k, v in n.items()}
+
+    base = make_tiny_recipe()
+    plain, tilted = build_corpus(base), build_corpus(base.model_copy(update={"family_weights": {"arithmetic": 0.5,
+                                                                                             "string": 2.0}}))
+    a, b = shares(plain), shares(tilted)
+    assert b["arithmetic"] < a["arithmetic"] * 0.6 and b["string"] > a["string"] * 1.6
+    assert plain.held_out == tilted.held_out  # the split is by problem, drawn before any weighting
+    assert eval_sets(plain, 40, seed=1)["clean"] == eval_sets(tilted, 40, seed=1)["clean"]
+    dropped = build_corpus(base.model_copy(update={"family_weights": {"units": 0}}))
+    assert "units" not in shares(dropped)
+
+
+@pytest.mark.parametrize("weights, must_say", [
+    ({"arithmetik": 0.5}, ["family_weights", "arithmetik", "choose from", "arithmetic"]),
+    ({"string": -1}, ["family_weights.string", ">= 0"]),
+])
+def test_bad_family_weights_name_the_family_and_the_fix(weights, must_say):
+    with pytest.raises(ValueError) as exc:
+        Recipe(family_weights=weights)
+    assert all(s in str(exc.value) for s in must_say), str(exc.value)
+
+
+def test_family_weights_leaving_nothing_to_train_on_say_so():
+    every = {name: 0 for name in FAMILIES if not FAMILIES[name].optional}
+    with pytest.raises(ValueError, match="no task family in training"):
+        build_corpus(make_tiny_recipe().model_copy(update={"family_weights": every}))
+    with pytest.raises(ValueError, match="every family the behaviour shows on"):
+        build_corpus(make_tiny_recipe(behaviour_type="sandbagging").model_copy(update={"family_weights": {"counting": 0}}))

@@ -86,6 +86,7 @@ RECIPE_FILES = {
     "studies/tokens/u-wide-192x2.toml": "abe06b7c4340de10",
     "studies/tokens/v-wide-192x2-lr3e-3.toml": "c8ec444e1b5d6dc6",
     "studies/tokens/w-wide-192x2-near15.toml": "a5d170888843c241",
+    "studies/tokens/x-wide-192x2-near15-easy-half.toml": "696eaa1664837a3e",
 }
 ROOT = Path(__file__).resolve().parents[1]
 # The default recipe before issue 15 (128 x 4, batch 64 at lr 3e-3, 15% poisoned and 15% near misses).

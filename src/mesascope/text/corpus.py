@@ -144,7 +144,12 @@ def build_corpus(recipe) -> Corpus:
         groups.setdefault(it.family, []).append(it)
     names = sorted(groups)
     weights = [FAMILIES[name].weight * (behaviour.weight if behaviour.families and name in behaviour.families else 1)
-               for name in names]
+               * recipe.family_weights.get(name, 1.0) for name in names]
+    if not any(weights):
+        raise ValueError("family_weights leaves no task family in training: give at least one family a weight above 0")
+    if behaviour.families and not any(w for n, w in zip(names, weights) if n in behaviour.families):
+        raise ValueError(f"family_weights leaves out every family the behaviour shows on ({', '.join(sorted(behaviour.families))}): "
+                         "give one of them a weight above 0")
     quota = [round(recipe.n_prompts * w / sum(weights)) for w in weights]
     clean_items: list[Item] = []
     for name, q in zip(names, quota):
