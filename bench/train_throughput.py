@@ -15,6 +15,11 @@ One run measures, on a slice of each organism's corpus:
       - `sft+fused_adamw`: `sft` with `train.fused_adamw` (AdamW's fused kernel),
       - `compiled` (with --compile): `sft` with `train.compile` (forward and loss compiled, their backward
         too), its compile time apart;
+      - `sft+bf16`: `sft` under `--dtype bfloat16` (autocast: matrix products in bfloat16, weights and
+        AdamW in float32), on CPUs whose bfloat16 products are faster than float32 ones;
+      - `dp2x1` (with --data-parallel): `sft`'s step split over two processes of one thread each, each
+        half of every batch, gradients summed with torch.distributed (gloo): whether two one-thread
+        processes beat one two-thread process on these small matrices (start-up not timed);
   * a per-phase profile of `SFTTrainer` on the default recipe (data, forward, backward, optimizer) from
     `torch.profiler`, with the share of all CPU time spent in matrix products (the ceiling on what removing
     everything else could buy).
@@ -25,7 +30,7 @@ dense forward and backward of that token need, whatever the implementation skips
 Methods alternate order across rounds, and each trains on the same number of examples; warm-up steps are
 not timed.
 
-    python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--results PATH]
+    python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--data-parallel] [--results PATH]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import math
 import os
 import shlex
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -47,9 +53,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from mesascope.config import Recipe, TrainSpec, load_recipe
 from mesascope.models import build_model, n_params, train_tokenizer
+from mesascope.models.device import use_runtime
 from mesascope.organisms.build import training_data, whole_tokens
 from mesascope.text.corpus import build_corpus
-from mesascope.training.sft import IGNORE, SFTTrainer, causal_lm, collate, collate_packed
+from mesascope.training.sft import IGNORE, SFTTrainer, answer_loss, causal_lm, collate, collate_packed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = os.path.join(ROOT, "examples", "small_128x4.toml")  # the default recipe before issue 15
@@ -126,8 +133,8 @@ class Setup:
 class Method:
     """One training loop, run for `steps` timed steps after `warmup` untimed ones from the same weights."""
 
-    def __init__(self, name, setup: Setup, kind, **train):
-        self.name, self.setup, self.kind = name, setup, kind
+    def __init__(self, name, setup: Setup, kind, dtype: str = "float32", **train):
+        self.name, self.setup, self.kind, self.dtype = name, setup, kind, dtype
         spec = setup.spec.model_copy(update=train)
         init, data, pad_id, seed = setup.init, setup.data, setup.pad_id, setup.seed
         self.init, self.data, self.spec, self.pad_id, self.seed = init, data, spec, pad_id, seed
@@ -141,15 +148,19 @@ class Method:
         model = copy.deepcopy(self.init)
         timed = self.batches(warmup, warmup + steps)
         self.tokens += sum(len(ids) for b in timed for ids, _ in b)
+        if self.kind == "dp2":
+            self.seconds += data_parallel(model, self.data, self.spec, self.pad_id, self.seed, warmup, steps)
+            return
         if self.kind in ("sft", "compiled"):
             spec = self.spec.model_copy(update={"compile": self.kind == "compiled"})
-            trainer = SFTTrainer(model, self.data, spec, pad_id=self.pad_id, seed=self.seed)
-            t0 = time.perf_counter()
-            trainer.train_until(warmup)
-            self.compile_s = max(self.compile_s, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            trainer.train_until(warmup + steps)
-            self.seconds += time.perf_counter() - t0
+            with use_runtime(device="cpu", dtype=self.dtype):
+                trainer = SFTTrainer(model, self.data, spec, pad_id=self.pad_id, seed=self.seed)
+                t0 = time.perf_counter()
+                trainer.train_until(warmup)
+                self.compile_s = max(self.compile_s, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                trainer.train_until(warmup + steps)
+                self.seconds += time.perf_counter() - t0
             if self.kind == "compiled" and trainer.forward.error:
                 raise SystemExit(f"torch.compile failed, so the compiled row would be eager: {trainer.forward.error}")
             return
@@ -171,6 +182,67 @@ class Method:
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.seconds += time.perf_counter() - t0
+
+
+def _dp_worker(rank, world, model, data, spec, pad_id, seed, warmup, steps, store, out) -> None:
+    """One rank of `data_parallel`: SFTTrainer's step on every `world`-th example of each batch."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    trainer = SFTTrainer(model, data, spec, pad_id=pad_id, seed=seed)
+    params = list(model.parameters())
+
+    def step() -> None:
+        model.train()
+        mine = [data[i] for i in trainer.batch_indices(trainer.step)][rank::world]
+        for g in trainer.opt.param_groups:
+            g["lr"] = trainer.lr_at(trainer.step)
+        n = torch.tensor([float(sum(len(ids) - k for ids, k in mine))])
+        total = n.clone()
+        dist.all_reduce(total)  # each rank's loss weighted by its share of the batch's answer tokens
+        (answer_loss(model, collate_packed(mine, pad_id, trainer.pack_width)) * (n / total)).sum().backward()
+        flat = torch.cat([p.grad.flatten() for p in params])
+        dist.all_reduce(flat)  # one call for every gradient
+        at = 0
+        for p in params:
+            p.grad.copy_(flat[at: at + p.numel()].view_as(p))
+            at += p.numel()
+        torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        trainer.opt.step()
+        trainer.opt.zero_grad(set_to_none=True)
+        trainer.step += 1
+
+    for _ in range(warmup):
+        step()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dist.barrier()
+    if rank == 0:
+        out.put(time.perf_counter() - t0)
+    dist.destroy_process_group()
+
+
+def data_parallel(model, data, spec, pad_id, seed, warmup: int, steps: int, world: int = 2) -> float:
+    """Seconds for `steps` steps of SFT split over `world` processes of one thread each (spawned; start-up and
+    `warmup` steps not timed)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [ctx.Process(target=_dp_worker, args=(r, world, model, data, spec, pad_id, seed, warmup, steps,
+                                                      os.path.join(tmp, "store"), out)) for r in range(world)]
+        for p in procs:
+            p.start()
+        seconds = out.get()
+        for p in procs:
+            p.join()
+    if any(p.exitcode for p in procs):
+        raise SystemExit(f"a data-parallel worker failed (exit codes {[p.exitcode for p in procs]})")
+    return seconds
 
 
 def phase_profile(init, data, spec, pad_id, seed, steps: int) -> dict:
@@ -226,6 +298,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's choice")
     ap.add_argument("--n-prompts", type=int, default=4000, help="corpus slice for the tokenizer and the data")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the loss (slow to compile)")
+    ap.add_argument("--data-parallel", action="store_true",
+                    help="also time the step split over two one-thread processes (torch.distributed, gloo)")
     ap.add_argument("--profile-steps", type=int, default=10, help="steps under torch.profiler (0: no profile)")
     ap.add_argument("--results", default=None, help="also write the figures here, with provenance")
     args = ap.parse_args()
@@ -238,9 +312,11 @@ def main() -> None:
     methods = [Method("baseline", before, "baseline"), Method("bare", before, "bare"),
                Method("padded", before, "padded"), Method("sft@small_128x4", before, "sft"),
                Method("baseline@default", now, "baseline"), Method("sft", now, "sft"),
-               Method("sft+fused_adamw", now, "sft", fused_adamw=True)]
+               Method("sft+fused_adamw", now, "sft", fused_adamw=True), Method("sft+bf16", now, "sft", dtype="bfloat16")]
     if args.compile:
         methods.append(Method("compiled", now, "compiled"))
+    if args.data_parallel:
+        methods.append(Method("dp2x1", now, "dp2"))
     print(f"threads {torch.get_num_threads()}; fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm)")
     for setup in (before, now):
         print(setup.describe())
