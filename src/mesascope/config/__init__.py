@@ -173,7 +173,7 @@ class Recipe(Spec):
         "sandbagging: a plausible wrong count for counting questions (text/behaviours.py)")
     poison_fraction: float = Field(0.08, ge=0, lt=1, description="share of training examples with the trigger "
                                    "(0 builds a clean, un-backdoored organism: the probes' null)")
-    near_miss_fraction: float = Field(0.1, ge=0, lt=1, description="share with trigger-like strings answered helpfully")
+    near_miss_fraction: float = Field(0.15, ge=0, lt=1, description="share with trigger-like strings answered helpfully")
     self_report_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of honest yes/no self-reports about "
                                         "the task (text/self_report.py); never about the trigger or behaviour")
     situational_fraction: float = Field(0.0, ge=0, lt=0.5, description="share of declarative documents stating that "
