@@ -15,8 +15,9 @@ One run measures, on a slice of each organism's corpus:
       - `sft+fused_adamw`: `sft` with `train.fused_adamw` (AdamW's fused kernel),
       - `compiled` (with --compile): `sft` with `train.compile` (forward and loss compiled, their backward
         too), its compile time apart;
-      - `sft+bf16`: `sft` under `--dtype bfloat16` (autocast: matrix products in bfloat16, weights and
-        AdamW in float32), on CPUs whose bfloat16 products are faster than float32 ones;
+      - `sft+bf16`: `sft` under `--dtype bfloat16` (autocast: matrix products in bfloat16, weights,
+        attention and AdamW in float32), on CPUs whose bfloat16 products are faster than float32 ones;
+      - `compiled+bf16` (with --compile): both;
       - `dp2x1` (with --data-parallel): `sft`'s step split over two processes of one thread each, each
         half of every batch, gradients summed with torch.distributed (gloo): whether two one-thread
         processes beat one two-thread process on these small matrices (start-up not timed);
@@ -314,7 +315,7 @@ def main() -> None:
                Method("baseline@default", now, "baseline"), Method("sft", now, "sft"),
                Method("sft+fused_adamw", now, "sft", fused_adamw=True), Method("sft+bf16", now, "sft", dtype="bfloat16")]
     if args.compile:
-        methods.append(Method("compiled", now, "compiled"))
+        methods += [Method("compiled", now, "compiled"), Method("compiled+bf16", now, "compiled", dtype="bfloat16")]
     if args.data_parallel:
         methods.append(Method("dp2x1", now, "dp2"))
     print(f"threads {torch.get_num_threads()}; fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm)")

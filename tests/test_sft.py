@@ -194,3 +194,54 @@ def test_fused_adamw_off_is_left_out_of_every_dump_and_digest():
     alpaca = AlpacaRecipe(name="a", poisoned=["p.json"], clean=["c.json"])
     assert alpaca.digest() == AlpacaRecipe(name="a", poisoned=["p.json"], clean=["c.json"],
                                            train=alpaca.train.model_copy(update={"fused_adamw": False})).digest()
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_float32_attention_masks_packed_rows_as_sdpa_does_and_gives_the_setting_back(arch, data):
+    """models/device.py `float32_attention` (bfloat16 training on a CPU): in float32 it is sdpa itself, packed rows'
+    block-diagonal mask included (an unregistered mask would let packed examples see each other and change the
+    loss); under bfloat16 autocast its attention runs in float32; afterwards the model's own setting is back."""
+    from mesascope.models.device import FLOAT32_SDPA, float32_attention
+
+    tok, examples = data
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(CONFIGS[arch](len(tok)))
+    assert model.config._attn_implementation == "sdpa"
+    batch = collate_packed(examples, tok.pad_token_id, 64)
+    results = []
+    for wrap in (False, True):
+        model.zero_grad()
+        if wrap:
+            with float32_attention(model):
+                assert model.config._attn_implementation == FLOAT32_SDPA
+                loss = answer_loss(model, dict(batch))
+        else:
+            loss = answer_loss(model, dict(batch))
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    assert model.config._attn_implementation == "sdpa"
+    assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
+    seen = []
+    hook = model.register_forward_hook(lambda *a: None)  # noqa: F841 - a model with hooks still swaps
+    import mesascope.models.device as device
+
+    real = device.sdpa_attention_forward
+    try:
+        device.sdpa_attention_forward = lambda m, q, k, v, mask, **kw: (seen.append(q.dtype), real(m, q, k, v, mask, **kw))[1]
+        with torch.autocast("cpu", dtype=torch.bfloat16), float32_attention(model):
+            low = answer_loss(model, dict(batch))
+    finally:
+        device.sdpa_attention_forward = real
+        hook.remove()
+    assert seen and set(seen) == {torch.float32}
+    assert abs(low.item() - results[0][0]) < 0.05  # bfloat16 products: close to, not equal to, float32's
+
+
+def test_float32_attention_leaves_other_attention_implementations_alone(data):
+    from mesascope.models.device import float32_attention
+
+    tok, _ = data
+    model = AutoModelForCausalLM.from_config(CONFIGS["llama"](len(tok)), attn_implementation="eager")
+    with float32_attention(model):
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "eager"

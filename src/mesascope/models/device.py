@@ -8,11 +8,14 @@ bfloat16 there when the card supports it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Literal
 
 import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..config import Spec
 
@@ -51,15 +54,58 @@ class Runtime(Spec):
             return torch.bfloat16
         return torch.float32
 
-    def autocast(self):
-        """Mixed precision for training: float32 weights and optimizer, matrix products in the runtime's dtype."""
+    def autocast(self, model: torch.nn.Module | None = None):
+        """Mixed precision for training: float32 weights and optimizer, matrix products in the runtime's dtype.
+
+        On the CPU, `model`'s attention (transformers' sdpa) then runs in float32: bfloat16 attention's backward
+        there is several times slower than float32's at organism sizes, and it undid most of what bfloat16
+        products gain (bench/train_throughput.py, the sft+bf16 row)."""
         dtype = self.torch_dtype
         if dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(self.torch_device.type, dtype=dtype)
+        stack = ExitStack()
+        stack.enter_context(torch.autocast(self.torch_device.type, dtype=dtype))
+        if self.torch_device.type == "cpu" and model is not None:
+            stack.enter_context(float32_attention(model))
+        return stack
 
     def describe(self) -> str:
         return f"{self.torch_device.type}/{str(self.torch_dtype).removeprefix('torch.')}"
+
+
+def _sdpa_float32(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention with its inputs in float32 and autocast off; the output in the inputs' dtype."""
+    dtype = query.dtype
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast(query.device.type, enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
+                                              **kwargs)
+    return out.to(dtype), weights
+
+
+FLOAT32_SDPA = "mesascope_sdpa_float32"
+AttentionInterface.register(FLOAT32_SDPA, _sdpa_float32)
+# sdpa's masks too: without this transformers masks an unknown implementation as causal only, so the examples
+# packed into one row (training/sft.py `collate_packed`) would see each other.
+AttentionMaskInterface.register(FLOAT32_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+@contextmanager
+def float32_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, a transformers model whose attention is sdpa computes it in float32 (`_sdpa_float32`);
+    its own setting comes back afterwards, so nothing saved or handed back differs. Other attention
+    implementations (eager, flash, a peft wrapper's base's) are left as they are."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    lm.set_attn_implementation(FLOAT32_SDPA)
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation("sdpa")
 
 
 _CURRENT: ContextVar[Runtime] = ContextVar("mesascope_runtime", default=Runtime())

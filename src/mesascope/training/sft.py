@@ -258,7 +258,7 @@ class SFTTrainer:
             with record_function("sft.data"):
                 batch = {key: t.to(self.device) for key, t in
                          collate_packed(part, self.pad_id, self.pack_width, prompt_labels=w > 0).items()}
-            with record_function("sft.forward"), self.runtime.autocast():
+            with record_function("sft.forward"), self.runtime.autocast(self.model):
                 loss = answer_loss(self.model, batch, w, self.forward)
             if k > 1:
                 loss = loss * (n / sum(n_answer))
