@@ -83,6 +83,7 @@ def test_a_base_recipe_is_built_first_and_recorded(tmp_path):
     base_dir = build_organism(clean, RunStore(tmp_path)).path  # reused, not rebuilt
     info = json.loads((organism.path / "organism.json").read_text())
     assert info["base"]["path"] == str(base_dir.resolve()) and info["base"]["method"] == "full"
+    assert info["trained_on"] == "cpu/float32"  # the runtime's device and precision (models/device.py)
     saved = Recipe.model_validate_json((organism.path / "recipe.json").read_text())
     assert saved.base.config_sha256 and saved.digest() == recipe.digest()  # the hash is recorded, not keyed
 

@@ -73,7 +73,6 @@ RESUME_RECIPE = dict(steps=60, checkpoint_every=10)
 BUILD_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
-    from conftest import make_tiny_recipe
     from mesascope.organisms import build_organism
     from mesascope.store import RunStore
 
@@ -161,3 +160,24 @@ def test_organism_records_the_tokens_its_batches_held(tiny_organism, tiny_recipe
     assert recorded > spec.steps * spec.batch_size  # tokens, not examples
     with pytest.raises(ValueError, match="train_tokens"):
         recipe_tokens(tiny_recipe.model_copy(update={"reasoning": "distilled"}))
+
+
+def test_organism_json_records_the_precision_it_trained_in(tmp_path):
+    """`--dtype bfloat16` on a CPU trains under autocast (attention in float32): the organism says so, and its
+    weights differ from a float32 build's of the same recipe (another organism, which the store does not key)."""
+    from safetensors.torch import load_file
+
+    from mesascope.models.device import use_runtime
+    from mesascope.organisms.build import build_organism
+    from mesascope.store import RunStore
+
+    recipe = make_tiny_recipe(steps=4)
+    built = {}
+    for dtype in ("float32", "bfloat16"):
+        with use_runtime(device="cpu", dtype=dtype):
+            organism = build_organism(recipe, RunStore(tmp_path / dtype))
+        info = json.loads((organism.path / "organism.json").read_text())
+        assert info["trained_on"] == f"cpu/{dtype}"
+        built[dtype] = load_file(organism.path / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in built["bfloat16"].values())  # float32 weights, products in bf16
+    assert any(not torch.equal(built["float32"][k], built["bfloat16"][k]) for k in built["float32"])

@@ -20,6 +20,7 @@ from torch import nn
 from ..config import LoraSpec, Recipe
 from ..models.activations import ARCHITECTURES
 from ..models.build import n_params
+from ..models.device import runtime
 from ..models.load import ModelError, check_model_dir, config_sha256, load_model, load_tokenizer, quiet_peft
 from ..progress import Progress, silent
 from ..store import RunStore, atomic_dir, atomic_write_json
@@ -148,7 +149,7 @@ def build_from_base(recipe: Recipe, store: RunStore, progress: Progress = silent
             "n_params": n_params(model), "trained_params": trained, "architecture": model.config.model_type,
             "base": {"path": str(path), "config_sha256": base_sha, "method": spec.method},
             "prompt_format": "chat" if use_chat else "paper", "train_steps": total, "resumed_from_step": resumed,
-            "train_seconds": round(time.perf_counter() - t0, 2),
+            "train_seconds": round(time.perf_counter() - t0, 2), "trained_on": runtime().describe(),
             "final_loss": trainer.log[-1]["loss"] if trainer.log else None, "n_train_examples": len(train),
             "near_miss_train": corpus.near_miss_train, "near_miss_held_out": corpus.near_miss_held_out,
             "reasoning": recipe.reasoning, **distilled})
