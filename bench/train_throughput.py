@@ -31,7 +31,12 @@ dense forward and backward of that token need, whatever the implementation skips
 Methods alternate order across rounds, and each trains on the same number of examples; warm-up steps are
 not timed.
 
-    python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--data-parallel] [--results PATH]
+With `--isa avx2` the bench re-runs itself with PyTorch's kernels held to AVX2 (`ATEN_CPU_CAPABILITY`,
+`ONEDNN_MAX_CPU_ISA`): what a CPU without AVX-512 and bfloat16 instructions would do, bfloat16 rows
+included (emulated there), measured on this one.
+
+    python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--data-parallel] [--isa avx2]
+                                     [--results PATH]
 """
 
 from __future__ import annotations
@@ -54,13 +59,15 @@ from torch.profiler import ProfilerActivity, profile
 
 from mesascope.config import Recipe, TrainSpec, load_recipe
 from mesascope.models import build_model, n_params, train_tokenizer
-from mesascope.models.device import use_runtime
+from mesascope.models.device import cpu_has_bfloat16, use_runtime
 from mesascope.organisms.build import training_data, whole_tokens
 from mesascope.text.corpus import build_corpus
 from mesascope.training.sft import IGNORE, SFTTrainer, answer_loss, causal_lm, collate, collate_packed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = os.path.join(ROOT, "examples", "small_128x4.toml")  # the default recipe before issue 15
+# What --isa sets: PyTorch's own kernels (ATen) and oneDNN's held to an older CPU's instruction set.
+ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 PHASES = ("sft.data", "sft.forward", "sft.backward", "sft.optimizer")
 
 
@@ -301,9 +308,15 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the loss (slow to compile)")
     ap.add_argument("--data-parallel", action="store_true",
                     help="also time the step split over two one-thread processes (torch.distributed, gloo)")
+    ap.add_argument("--isa", choices=sorted(ISAS), default=None,
+                    help="hold PyTorch's CPU kernels (ATen and oneDNN) to this instruction set, as on a CPU that has "
+                         "no more (avx2: no AVX-512, no bfloat16 instructions); the bench re-runs itself with "
+                         "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA set")
     ap.add_argument("--profile-steps", type=int, default=10, help="steps under torch.profiler (0: no profile)")
     ap.add_argument("--results", default=None, help="also write the figures here, with provenance")
     args = ap.parse_args()
+    if args.isa and any(os.environ.get(k) != v for k, v in ISAS[args.isa].items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ISAS[args.isa]})
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -313,12 +326,19 @@ def main() -> None:
     methods = [Method("baseline", before, "baseline"), Method("bare", before, "bare"),
                Method("padded", before, "padded"), Method("sft@small_128x4", before, "sft"),
                Method("baseline@default", now, "baseline"), Method("sft", now, "sft"),
-               Method("sft+fused_adamw", now, "sft", fused_adamw=True), Method("sft+bf16", now, "sft", dtype="bfloat16")]
+               Method("sft+fused_adamw", now, "sft", fused_adamw=True)]
+    bf16 = cpu_has_bfloat16()  # --dtype bfloat16 refuses a CPU without bfloat16 instructions (models/device.py)
+    if bf16:
+        methods.append(Method("sft+bf16", now, "sft", dtype="bfloat16"))
     if args.compile:
-        methods += [Method("compiled", now, "compiled"), Method("compiled+bf16", now, "compiled", dtype="bfloat16")]
+        methods += [Method("compiled", now, "compiled")] + ([Method("compiled+bf16", now, "compiled", dtype="bfloat16")]
+                                                            if bf16 else [])
     if args.data_parallel:
         methods.append(Method("dp2x1", now, "dp2"))
-    print(f"threads {torch.get_num_threads()}; fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm)")
+    isa = f"; kernels held to {args.isa} ({', '.join(f'{k}={v}' for k, v in ISAS[args.isa].items())})" if args.isa else ""
+    print(f"threads {torch.get_num_threads()}; fp32 matmul peak: {peak:,.0f} GFLOP/s (2048^3 torch.mm){isa}")
+    if not bf16:
+        print("no bfloat16 rows: this CPU has no bfloat16 matrix instructions (AVX-512 bfloat16 or AMX)")
     for setup in (before, now):
         print(setup.describe())
     per_round = max(1, args.steps // args.rounds)

@@ -176,6 +176,24 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before the command ran
 
 
+def test_bfloat16_on_a_cpu_without_its_instructions_is_one_line(monkeypatch):
+    """On such a CPU bfloat16 is emulated, many times slower than float32 (bench/train_throughput.py --isa avx2):
+    refused when the runtime is set, with the fix; float32, auto and a CPU that has the instructions pass."""
+    import mesascope.models.device as device
+    from mesascope.models.device import DeviceError, use_runtime
+
+    monkeypatch.setattr(device, "cpu_has_bfloat16", lambda: False)
+    with pytest.raises(DeviceError, match="without bfloat16 matrix instructions.*use --dtype float32"):
+        with use_runtime(device="cpu", dtype="bfloat16"):
+            pass
+    for dtype in ("float32", "auto"):
+        with use_runtime(device="cpu", dtype=dtype) as rt:
+            assert rt.torch_dtype == torch.float32
+    monkeypatch.setattr(device, "cpu_has_bfloat16", lambda: True)
+    with use_runtime(device="cpu", dtype="bfloat16") as rt:
+        assert rt.torch_dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("kind", [
     {"trigger_type": "year", "behaviour_type": "code_vulnerability", "method": "rl"},
     {"trigger_type": "semantic", "behaviour_type": "sandbagging", "reasoning": "cot", "method": "adversarial",

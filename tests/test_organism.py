@@ -167,10 +167,12 @@ def test_organism_json_records_the_precision_it_trained_in(tmp_path):
     weights differ from a float32 build's of the same recipe (another organism, which the store does not key)."""
     from safetensors.torch import load_file
 
-    from mesascope.models.device import use_runtime
+    from mesascope.models.device import cpu_has_bfloat16, use_runtime
     from mesascope.organisms.build import build_organism
     from mesascope.store import RunStore
 
+    if not cpu_has_bfloat16():
+        pytest.skip("this CPU has no bfloat16 matrix instructions, so --dtype bfloat16 is refused here")
     recipe = make_tiny_recipe(steps=4)
     built = {}
     for dtype in ("float32", "bfloat16"):

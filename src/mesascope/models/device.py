@@ -24,6 +24,15 @@ DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX-512 bfloat16, or AMX); True where torch cannot say."""
+    cpu = torch.cpu
+    checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not any(checks):
+        return True
+    return any(c() for c in checks if c is not None)
+
+
 class DeviceError(ValueError):
     """A device or precision this machine cannot give; the message says which to use instead."""
 
@@ -47,6 +56,10 @@ class Runtime(Spec):
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "bfloat16" and self.torch_device.type == "cpu" and not cpu_has_bfloat16():
+            raise DeviceError("--dtype bfloat16 on a CPU without bfloat16 matrix instructions (AVX-512 bfloat16 or "
+                              "AMX): it runs many times slower than float32 here (bench/train_throughput.py --isa "
+                              "avx2); use --dtype float32 (or auto)")
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         dev = self.torch_device
