@@ -32,8 +32,8 @@ Methods alternate order across rounds, and each trains on the same number of exa
 not timed.
 
 With `--isa avx2` the bench re-runs itself with PyTorch's kernels held to AVX2 (`ATEN_CPU_CAPABILITY`,
-`ONEDNN_MAX_CPU_ISA`): what a CPU without AVX-512 and bfloat16 instructions would do, bfloat16 rows
-included (emulated there), measured on this one.
+`ONEDNN_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`): what a CPU without AVX-512 and bfloat16
+instructions would do, bfloat16 rows included (emulated there), measured on this one.
 
     python bench/train_throughput.py [--steps 40] [--rounds 2] [--compile] [--data-parallel] [--isa avx2]
                                      [--results PATH]
@@ -66,8 +66,8 @@ from mesascope.training.sft import IGNORE, SFTTrainer, answer_loss, causal_lm, c
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = os.path.join(ROOT, "examples", "small_128x4.toml")  # the default recipe before issue 15
-# What --isa sets: PyTorch's own kernels (ATen) and oneDNN's held to an older CPU's instruction set.
-ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+# What --isa sets: PyTorch's own kernels (ATen), oneDNN's and MKL's (float32 products) held to an older set.
+ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 PHASES = ("sft.data", "sft.forward", "sft.backward", "sft.optimizer")
 
 
@@ -311,7 +311,7 @@ def main() -> None:
     ap.add_argument("--isa", choices=sorted(ISAS), default=None,
                     help="hold PyTorch's CPU kernels (ATen and oneDNN) to this instruction set, as on a CPU that has "
                          "no more (avx2: no AVX-512, no bfloat16 instructions); the bench re-runs itself with "
-                         "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA set")
+                         "ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS set")
     ap.add_argument("--profile-steps", type=int, default=10, help="steps under torch.profiler (0: no profile)")
     ap.add_argument("--results", default=None, help="also write the figures here, with provenance")
     args = ap.parse_args()
