@@ -221,18 +221,20 @@ def test_float32_attention_masks_packed_rows_as_sdpa_does_and_gives_the_setting_
         results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
     assert model.config._attn_implementation == "sdpa"
     assert results[0][0] == results[1][0] and torch.equal(results[0][1], results[1][1])
-    seen = []
-    hook = model.register_forward_hook(lambda *a: None)  # noqa: F841 - a model with hooks still swaps
+    seen = []  # what reaches sdpa through float32_attention: nothing at all unless the swap took
     import mesascope.models.device as device
 
     real = device.sdpa_attention_forward
     try:
-        device.sdpa_attention_forward = lambda m, q, k, v, mask, **kw: (seen.append(q.dtype), real(m, q, k, v, mask, **kw))[1]
+        def spy(m, q, k, v, mask, **kw):
+            seen.append(q.dtype)
+            return real(m, q, k, v, mask, **kw)
+
+        device.sdpa_attention_forward = spy
         with torch.autocast("cpu", dtype=torch.bfloat16), float32_attention(model):
             low = answer_loss(model, dict(batch))
     finally:
         device.sdpa_attention_forward = real
-        hook.remove()
     assert seen and set(seen) == {torch.float32}
     assert abs(low.item() - results[0][0]) < 0.05  # bfloat16 products: close to, not equal to, float32's
 

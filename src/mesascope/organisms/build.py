@@ -77,8 +77,9 @@ def train_and_save(store: RunStore, stage: Path, recipe, tokenizer, data: list, 
                    info: dict, **trainer_kw) -> None:
     """Train a fresh model of `recipe.model` on tokenized `data` (resuming from the stage's checkpoints),
     write the organism directory atomically (weights, tokenizer, recipe.json, train_log.json, and
-    organism.json: the common figures, the device and precision it trained in (`--dtype bfloat16` gives another
-    organism than float32, not only other rounding; the run store does not key by it), then `info`) and mark the stage done. `trainer_kw` go to SFTTrainer."""
+    organism.json: the common figures, the device and precision it trained in (`--dtype bfloat16` gives
+    another organism than float32, not only other rounding, and the run store does not key by it), then
+    `info`) and mark the stage done. `trainer_kw` go to SFTTrainer."""
     model = build_model(recipe.model, tokenizer, recipe.seed).to(runtime().torch_device)
     trainer = SFTTrainer(model, data, recipe.train, pad_id=tokenizer.pad_token_id, seed=recipe.seed,
                          ckpt_dir=stage / "checkpoints", **trainer_kw)
