@@ -73,6 +73,7 @@ RESUME_RECIPE = dict(steps=60, checkpoint_every=10)
 BUILD_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {tests!r})
+    from conftest import make_tiny_recipe
     from mesascope.organisms import build_organism
     from mesascope.store import RunStore
 
