@@ -309,7 +309,7 @@ def main() -> None:
     ap.add_argument("--data-parallel", action="store_true",
                     help="also time the step split over two one-thread processes (torch.distributed, gloo)")
     ap.add_argument("--isa", choices=sorted(ISAS), default=None,
-                    help="hold PyTorch's CPU kernels (ATen and oneDNN) to this instruction set, as on a CPU that has "
+                    help="hold PyTorch's CPU kernels (ATen, oneDNN, MKL) to this instruction set, as on a CPU that has "
                          "no more (avx2: no AVX-512, no bfloat16 instructions); the bench re-runs itself with "
                          "ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS set")
     ap.add_argument("--profile-steps", type=int, default=10, help="steps under torch.profiler (0: no profile)")
