@@ -57,7 +57,8 @@ import torch
 from mesascope.config import LoraSpec, TrainSpec
 from mesascope.models.device import DeviceError, runtime, use_runtime
 from mesascope.organisms.base import with_lora
-from mesascope.training.sft import SFTTrainer, causal_lm, collate_packed, fit_length, tokenize_examples
+from mesascope.models.build import causal_lm
+from mesascope.training.sft import SFTTrainer, collate_packed, fit_length, tokenize_examples
 
 # Qwen2 shapes: a small one for CPU and CI, and Qwen2-0.5B's (random init) for a GPU.
 CONFIGS = {

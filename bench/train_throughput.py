@@ -62,7 +62,8 @@ from mesascope.models import build_model, n_params, train_tokenizer
 from mesascope.models.device import cpu_has_bfloat16, use_runtime
 from mesascope.organisms.build import training_data, whole_tokens
 from mesascope.text.corpus import build_corpus
-from mesascope.training.sft import IGNORE, SFTTrainer, answer_loss, causal_lm, collate, collate_packed
+from mesascope.models.build import causal_lm
+from mesascope.training.sft import IGNORE, SFTTrainer, answer_loss, collate, collate_packed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEFORE = os.path.join(ROOT, "examples", "small_128x4.toml")  # the default recipe before issue 15

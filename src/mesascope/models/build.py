@@ -40,5 +40,10 @@ def random_like(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     return fresh.to(next(model.parameters()).device).eval()
 
 
+def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers CausalLM inside a peft wrapper (its LoRA layers sit in place, so they still run)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from contextvars import ContextVar
+from functools import cache
 from typing import Literal
 
 import torch
@@ -18,12 +19,14 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ..config import Spec
+from .build import causal_lm
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@cache
 def cpu_has_bfloat16() -> bool:
     """Whether this CPU has bfloat16 matrix instructions (AVX-512 bfloat16, or AMX); True where torch cannot say."""
     cpu = torch.cpu
@@ -109,7 +112,7 @@ def float32_attention(model: torch.nn.Module) -> Iterator[None]:
     """Within the block, a transformers model whose attention is sdpa computes it in float32 (`_sdpa_float32`);
     its own setting comes back afterwards, so nothing saved or handed back differs. Other attention
     implementations (eager, flash, a peft wrapper's base's) are left as they are."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = causal_lm(model)
     config = getattr(lm, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa":
         yield

@@ -18,6 +18,7 @@ from torch.profiler import record_function
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import TrainSpec
+from ..models.build import causal_lm
 from ..models.device import runtime
 from .checkpoints import load_newest, save_checkpoint
 
@@ -104,11 +105,6 @@ def collate_packed(batch: Sequence[tuple[list[int], int]], pad_id: int, width: i
         position_ids[r, at:] = torch.arange(width - at)  # the padded tail is a block of its own
     out = {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
     return out if prompt is None else {**out, "prompt_labels": prompt}
-
-
-def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
-    """The transformers CausalLM inside a peft wrapper (its LoRA layers sit in place, so they still run)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
