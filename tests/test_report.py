@@ -165,3 +165,14 @@ def test_patching_and_steering_sections_render_and_escape():
     assert ">0.25<" in page and ">0.75<" in page  # heatmap cells carry their values
     assert "0.123" in page and "0.055" in page  # the add curve and the ablation row reach the table
     assert "every coefficient that lowers it also costs measurable helpfulness" in page
+
+
+def test_timings_total_is_the_wall_time_and_workers_are_said():
+    """The total row is the run's wall time, not a sum that counts it again (or counts worker seconds that
+    overlapped); stages run at once in forked workers are said to be so."""
+    t = {"build_s": 80.0, "stress_s": 48.0, "probes_s": 5.0, "in_workers_s": 30.0, "workers": 2.0, "total_s": 111.0}
+    section = render_report({"timings": t}).split('id="timings"')[1]
+    assert "<b>111.0</b>" in section and "at once in 2 one-thread workers" in section and ">30.0<" in section
+    assert ">workers<" not in section and "in_workers_s" not in section
+    alone = render_report({"timings": {"build_s": 1.5, "stress_s": 2.0}}).split('id="timings"')[1]
+    assert "<b>3.5</b>" in alone

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -21,11 +21,12 @@ from pydantic import ConfigDict, Field, create_model, model_validator
 from .config import EvalSpec, Recipe, Spec
 from .detectors.backdoor import eval_sets, measure_backdoor
 from .detectors.registry import Context, Result, Skipped, all_detectors, get_detector, load_all
+from .models.device import runtime
 from .organisms.build import build_organism
 from .organisms.organism import Organism, organism_stage
 from .progress import Progress, silent
 from .results import RunResults, StressPoint
-from .store import RunStore, atomic_write_json, digest
+from .store import RunStore, atomic_write_json, computing, digest
 from .text.corpus import Corpus, build_corpus
 from .training.hhh_sft import HHHSFTConfig
 from .training.stress import StressSpec
@@ -116,19 +117,23 @@ class Run:
     def organism(self) -> Organism:
         if self._organism is None:
             stage = organism_stage(self.store, self.recipe)
-            if self.store.is_done(stage):  # checked here so a reused organism never builds the corpus
-                self._organism = Organism(stage / "organism", self.recipe)
-            else:
-                t0 = time.perf_counter()
-                self._organism = build_organism(self.recipe, self.store, self.progress, corpus=self.corpus)
-                self._timed("build_s", t0)
+            with computing(stage / "done.json"):  # a worker wanting the same organism (a clean null) waits
+                if self.store.is_done(stage):  # checked here so a reused organism never builds the corpus
+                    self._organism = Organism(stage / "organism", self.recipe)
+                else:
+                    t0 = time.perf_counter()
+                    self._organism = build_organism(self.recipe, self.store, self.progress, corpus=self.corpus)
+                    self._timed("build_s", t0)
             self._organism.use_dialogue()  # prompts from here on in its format (a chat base's template)
         return self._organism
+
+    def _stage_dir(self, name: str, spec: Spec) -> Path:
+        return self.store.stage_dir(name, digest(self.recipe.digest(), self.organism.fingerprint, spec.digest()))
 
     def _stage(self, name: str, spec: Spec, timing: str, compute: Callable[[Organism], dict]) -> dict:
         """Run `compute` on the organism once per (organism, spec); later calls read the stored result."""
         organism = self.organism
-        stage = self.store.stage_dir(name, digest(self.recipe.digest(), organism.fingerprint, spec.digest()))
+        stage = self._stage_dir(name, spec)
         out = stage / f"{name}.json"
         if self.store.is_done(stage):
             return self.store.read_json(out)
@@ -157,6 +162,50 @@ class Run:
         rows = stress_test(organism, self.corpus, spec, eval_spec, self.store, self.progress)
         self._timed("stress_s", t0)
         return [StressPoint.model_validate(r) for r in rows]
+
+    def in_workers(self, stress: StressSpec | None, eval_spec: EvalSpec, detectors: Sequence[tuple[str, Spec]] = (),
+                   workers: int | None = None) -> None:
+        """Compute at once, in forked one-thread workers (workers.py), what `stress(stress, eval_spec)`,
+        `measure(eval_spec)` and `detect(name, spec)` for each of `detectors` would compute here one after
+        another; those calls then read it from the store. Each stress curve is a task, and each detector,
+        and the measurement, longest first (detectors that share a capture, the probes and steering, wait
+        for whichever began it: `Context.last_token_acts`). Nothing happens off a CPU, with one worker
+        (one torch thread), for a large model (`can_fork`), or when all is stored already."""
+        from .training.stress import stress_curve, stress_stage
+        from .workers import Task, can_fork, default_workers, run_tasks
+
+        organism, corpus = self.organism, self.corpus  # built here, once, and inherited by every worker
+        tasks = []
+        if stress is not None:
+            stress.check(self.recipe)
+            stage = stress_stage(organism, stress, eval_spec, self.store)  # (--fresh clears it here, once)
+            tasks += [Task(f"stress lr={lr:g}", self._task(
+                lambda lr=lr: stress_curve(organism, corpus, stress, eval_spec, self.store, lr, self.progress),
+                "stress_s")) for lr in stress.lrs if not (stage / f"curve-lr{lr:g}.json").exists()]
+        tasks += [Task(name, self._task(lambda name=name, spec=spec: self.detect(name, spec)))
+                  for name, spec in detectors if get_detector(name).skip_reason(self.recipe) is None
+                  and not self.store.is_done(self._stage_dir(name, spec))]
+        if not self.store.is_done(self._stage_dir("measure", eval_spec)):
+            tasks.append(Task("measure", self._task(lambda: self.measure(eval_spec))))
+        workers = default_workers(len(tasks)) if workers is None else min(workers, len(tasks))
+        if workers < 2 or not can_fork(runtime().torch_device, organism.path):
+            return
+        t0 = time.perf_counter()
+        for name, seconds in run_tasks(tasks, workers, self.progress).items():
+            self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 2)
+        self._timed("in_workers_s", t0)
+        self.timings["workers"] = workers
+
+    def _task(self, compute: Callable[[], Any], timing: str | None = None) -> Callable[[Progress], dict]:
+        """`compute` as a worker runs it: reporting through the worker's progress, returning what it timed."""
+        def run(progress: Progress) -> dict[str, float]:
+            self.progress, self.timings, t0 = progress, {}, time.perf_counter()
+            compute()
+            if timing:
+                self._timed(timing, t0)
+            return self.timings
+
+        return run
 
     def clean_null(self) -> Organism:
         """The same recipe with no trigger in training: what the probes give on an organism with no backdoor."""
@@ -205,6 +254,7 @@ def measure_target(run: Run, spec: DemoBase, *, stress: bool = False, detectors:
     """One or more stages on a run's organism, added to what OUT/results.json already holds for the same
     organism (same weights), so commands run one after another add up to one report."""
     out = run.store.root
+    run.in_workers(spec.stress if stress else None, spec.eval, [(name, spec.detector_spec(name)) for name in detectors])
     points = run.stress(spec.stress, spec.eval) if stress else None
     detected = {name: run.detect(name, spec.detector_spec(name)) for name in detectors}
     measurements = run.measure(spec.eval)  # the report's headline; stored, so measured once per organism
@@ -269,6 +319,7 @@ def run_demo(spec: DemoBase, out: str | Path, *, fresh: bool = False, progress: 
     t0 = time.perf_counter()
     out = Path(out)
     run = Run(RunStore(out, fresh=fresh), spec.recipe, progress)
+    run.in_workers(spec.stress, spec.eval, [(name, spec.detector_spec(name)) for name in spec.demo_detectors])
     measurements = run.measure(spec.eval)
     stress_rows = run.stress(spec.stress, spec.eval)
     detected = {name: run.detect(name, spec.detector_spec(name)) for name in spec.demo_detectors}

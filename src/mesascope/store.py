@@ -117,6 +117,24 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def computing(path: Path) -> Iterator[int | None]:
+    """Held while this process computes what `path` will hold: another process of the same run (a forked
+    worker, workers.py) that wants it waits here, then finds it written instead of computing it again.
+    Yields the lock file's descriptor. (Windows has no advisory locks: there both compute it, the atomic
+    write keeps one, and None is yielded.)"""
+    if fcntl is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def file_name(name: str, limit: int = 100) -> str:
     """A user-given name (a recipe's, a study's) as one safe path component: no separators, no '..', no
     control or bidirectional characters, so a file named after it stays inside --out."""
@@ -162,6 +180,7 @@ class RunStore:
         self.root = Path(root)
         self.fresh = fresh
         self._cleared: set[Path] = set()
+        self._fresh_mark = f".fresh-{os.getpid()}-{time.time_ns()}"  # this invocation's (see stage_dir)
         check_writable(self.root)
         self.lock()
 
@@ -202,8 +221,14 @@ class RunStore:
 
         d = self.root / "runs" / f"{stage}-{digest(key, __version__)}"
         if self.fresh and d not in self._cleared:
-            # --fresh recomputes each stage once per invocation, then reuses it within the run.
-            shutil.rmtree(d, ignore_errors=True)
+            # --fresh recomputes each stage once per invocation, then reuses it within the run; the
+            # invocation's mark tells its forked workers (workers.py) the stage was cleared already.
+            with computing(d) as fd:  # the lock file holds the mark of the invocation that last cleared d
+                if fd is None or os.pread(fd, 64, 0).decode() != self._fresh_mark:
+                    shutil.rmtree(d, ignore_errors=True)
+                    if fd is not None:
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, self._fresh_mark.encode(), 0)
             self._cleared.add(d)
         d.mkdir(parents=True, exist_ok=True)
         return d

@@ -96,20 +96,21 @@ class Context:
         import numpy as np
 
         from ..models.activations import ActivationStore, capture, capture_last_token, n_blocks, resid_post
-        from ..store import digest
+        from ..store import computing, digest
 
         model, tok = self.model
         if self.store is None:
             return capture_last_token(model, tok, prompts, batch_size=batch_size, on_batch=on_batch)
         hooks = [resid_post(i) for i in range(n_blocks(model))]
         stage = self.store.stage_dir("activations", digest(self.organism.fingerprint, prompts, batch_size))
-        if self.store.is_done(stage):
-            if on_batch:
-                on_batch(len(prompts))
-        else:  # one shard: the batches (so every float) are those of capture_last_token in memory
-            capture(model, tok, prompts, hooks, "last", batch_size=batch_size, out_dir=stage,
-                    shard_size=len(prompts), on_batch=on_batch)
-            self.store.mark_done(stage)
+        with computing(stage / "done.json"):  # a detector in another worker (workers.py) waits, then reads
+            if self.store.is_done(stage):
+                if on_batch:
+                    on_batch(len(prompts))
+            else:  # one shard: the batches (so every float) are those of capture_last_token in memory
+                capture(model, tok, prompts, hooks, "last", batch_size=batch_size, out_dir=stage,
+                        shard_size=len(prompts), on_batch=on_batch)
+                self.store.mark_done(stage)
         acts = ActivationStore(stage)
         return np.stack([acts[h] for h in hooks])
 

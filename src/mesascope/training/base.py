@@ -25,7 +25,7 @@ from ..detectors.specificity import behaviour_outcomes, with_strings
 from ..organisms.organism import Organism
 from ..progress import Progress, silent
 from ..stats import Measurement, rate
-from ..store import RunStore, atomic_dir, atomic_write_json
+from ..store import RunStore, atomic_dir, atomic_write_json, computing
 from ..text.behaviours import as_behaviour
 from ..text.corpus import Corpus, Example
 from .sft import SFTTrainer, tokenize_examples
@@ -155,10 +155,11 @@ class StressContext:
     def cached(self, name: str, compute: Callable[[], Any]) -> Any:
         """A stage-wide result computed once (e.g. the red-team search) and read back on reuse."""
         f = self.stage / f"{name}.json"
-        if f.exists():
-            return RunStore.read_json(f)
-        value = compute()
-        atomic_write_json(f, value)
+        with computing(f):  # the other learning rates' workers wait for it rather than repeat it
+            if f.exists():
+                return RunStore.read_json(f)
+            value = compute()
+            atomic_write_json(f, value)
         return value
 
     def string_rate(self, model, tok, strings: list[str]) -> dict | None:

@@ -127,24 +127,33 @@ def labelled(rows: list[dict]) -> list[dict]:
             for r in rows]
 
 
+def stress_stage(organism: Organism, spec: StressConfig, eval_spec: EvalSpec, store: RunStore) -> Path:
+    """The stage directory of `spec`'s curves on `organism` (cleared here once under --fresh)."""
+    return store.stage_dir("stress", digest(organism.recipe.digest(), organism.fingerprint, spec.digest(),
+                                            eval_spec.digest()))
+
+
+def stress_curve(organism: Organism, corpus: Corpus, spec: StressConfig, eval_spec: EvalSpec, store: RunStore,
+                 lr: float, progress: Progress = silent) -> list[dict]:
+    """One persistence curve, at `lr`: computed and stored, or read back. Curves at other learning rates are
+    independent of it, so forked workers may draw them at once (workers.py)."""
+    spec.check(organism.recipe)
+    stage = stress_stage(organism, spec, eval_spec, store)
+    curve_file = stage / f"curve-lr{lr:g}.json"
+    task = f"stress {spec.method} lr={lr:g}"
+    if curve_file.exists():
+        progress(task, spec.steps, spec.steps)
+        return labelled(store.read_json(curve_file))
+    progress(task, 0, spec.steps)
+    ctx = StressContext(organism, corpus, spec, eval_spec, stage, progress)
+    result = spec.curve(ctx, lr, lambda s: progress(task, s, spec.steps))
+    atomic_write_json(curve_file, result)
+    return result
+
+
 def stress_test(organism: Organism, corpus: Corpus, spec: StressConfig, eval_spec: EvalSpec, store: RunStore,
                 progress: Progress = silent) -> list[dict]:
     """Persistence curves of `spec.method` at every learning rate in `spec.lrs`; finished curves are reused."""
-    spec.check(organism.recipe)
-    stage = store.stage_dir("stress", digest(organism.recipe.digest(), organism.fingerprint, spec.digest(),
-                                             eval_spec.digest()))
-    ctx = StressContext(organism, corpus, spec, eval_spec, stage, progress)
-    rows: list[dict] = []
-    for lr in spec.lrs:
-        curve_file = stage / f"curve-lr{lr:g}.json"
-        task = f"stress {spec.method} lr={lr:g}"
-        if curve_file.exists():
-            rows += labelled(store.read_json(curve_file))
-            progress(task, spec.steps, spec.steps)
-            continue
-        progress(task, 0, spec.steps)
-        result = spec.curve(ctx, lr, lambda s, t=task: progress(t, s, spec.steps))
-        atomic_write_json(curve_file, result)
-        rows += result
-    store.mark_done(stage)
+    rows = [row for lr in spec.lrs for row in stress_curve(organism, corpus, spec, eval_spec, store, lr, progress)]
+    store.mark_done(stress_stage(organism, spec, eval_spec, store))
     return rows

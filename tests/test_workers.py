@@ -1,0 +1,145 @@
+"""Forked one-thread workers (workers.py): a run's independent stages at once, with the same results,
+the same resume and the same --fresh as in one process; errors and dead workers reach the parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from conftest import make_tiny_recipe
+
+from mesascope.config import EvalSpec
+from mesascope.errors import MesascopeError
+from mesascope.store import RunStore, computing
+from mesascope.workers import Task, run_tasks
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers fork, and this platform cannot")
+
+
+def _pid_task(name: str):
+    def run(progress):
+        progress(name, 1, 1)
+        time.sleep(0.2)  # long enough that the other worker takes the next task
+        return {"t_s": 1.0, f"{name}_pid": float(os.getpid())}
+    return Task(name, run)
+
+
+def test_tasks_run_in_other_processes_and_report_back():
+    seen = []
+    timed = run_tasks([_pid_task(f"t{i}") for i in range(4)], 2, lambda task, done, total: seen.append(task))
+    assert timed["t_s"] == 4.0 and sorted(seen) == ["t0", "t1", "t2", "t3"]
+    pids = {timed[f"t{i}_pid"] for i in range(4)}
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_tasks_error_is_raised_in_the_parent_and_the_other_worker_stopped(tmp_path):
+    def bad(progress):
+        raise ValueError("no such prompt set: name one of clean, triggered")
+
+    def slow(progress):
+        time.sleep(30)
+        (tmp_path / "finished").touch()
+        return {}
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="no such prompt set") as err:
+        run_tasks([Task("slow", slow), Task("bad", bad)], 2)
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "finished").exists()
+    assert any("bad" in note for note in err.value.__notes__)
+
+
+def test_a_killed_worker_is_a_one_line_error_naming_its_task():
+    def killed(progress):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(MesascopeError, match=r"died \(exit code -9\) while running stress lr=0\.003.*run the command again"):
+        run_tasks([Task("stress lr=0.003", killed), _pid_task("other")], 2, poll_s=0.1)
+
+
+def test_what_one_worker_computes_under_the_lock_the_other_reads(tmp_path):
+    """`computing`: two workers wanting one stage-wide result compute it once (Stress curves' red team, the
+    probes' and steering's capture)."""
+    target, runs = tmp_path / "search.json", tmp_path / "runs.log"
+
+    def want(progress):
+        with computing(target):
+            if not target.exists():
+                with open(runs, "a") as f:
+                    f.write("computed\n")
+                time.sleep(0.5)
+                target.write_text("{}")
+        return {}
+
+    run_tasks([Task("a", want), Task("b", want)], 2)
+    assert runs.read_text() == "computed\n"
+
+
+def _strip(results: dict) -> dict:
+    return {k: v for k, v in results.items() if k not in ("timings", "organism", "provenance", "created")}
+
+
+@pytest.mark.slow
+def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes_once(tmp_path, monkeypatch):
+    """Both stress curves, the measurement and every demo detector in two workers: the same results, bit for
+    bit, as one process gives; rerun, nothing is recomputed; with --fresh, each stage once (the parent reads
+    what its workers wrote rather than clearing it again)."""
+    from mesascope.pipeline import DemoSpec, Run, run_demo
+
+    demo = DemoSpec(recipe=make_tiny_recipe(name="workers"), eval=EvalSpec(n=24, batch_size=32, n_samples=2),
+                    stress={"lrs": [3e-3, 1e-3], "steps": 10, "batch_size": 8, "eval_at": [0, 10], "n_eval": 16},
+                    probe={"n_train": 24, "n_test": 24, "n_bootstrap": 100, "n_random_directions": 8},
+                    patch={"n_pairs": 4, "n_bootstrap": 100}, steer={"coefs": [-1.0], "n_eval": 16})
+    one = _strip(run_demo(demo, tmp_path / "one").model_dump(mode="json"))
+
+    calls = []
+    original = Run.in_workers
+    monkeypatch.setattr(Run, "in_workers", lambda self, *a, **kw: calls.append(1) or original(self, *a, workers=2))
+    run = run_demo(demo, tmp_path / "two")
+    assert calls and run.timings["workers"] == 2 and run.timings["in_workers_s"] > 0
+    assert _strip(run.model_dump(mode="json")) == one
+
+    curve = next((tmp_path / "two").glob("runs/stress-*/curve-lr0.001.json"))
+    before = curve.stat().st_mtime_ns
+    again = run_demo(demo, tmp_path / "two")
+    assert "in_workers_s" not in again.timings and curve.stat().st_mtime_ns == before  # all stored: no workers
+
+    fresh = run_demo(demo, tmp_path / "two", fresh=True)
+    after = curve.stat().st_mtime_ns
+    assert after != before and fresh.timings["workers"] == 2 and _strip(fresh.model_dump(mode="json")) == one
+    # The stress stage was cleared once, by the parent, before its workers wrote into it: both curves are there.
+    assert json.loads(curve.read_text()) and len(list(curve.parent.glob("curve-lr*.json"))) == 2
+
+
+def test_fresh_clears_a_stage_once_across_the_workers_of_one_invocation(tmp_path):
+    """Under --fresh a stage is cleared the first time this invocation opens it, by whichever process opens it
+    first: a second worker opening it must not wipe what the first wrote there (the probes' capture that
+    steering reads). The next --fresh invocation clears it again."""
+    RunStore(tmp_path).stage_dir("activations", "k").joinpath("stale").write_text("an earlier run's")
+    store = RunStore(tmp_path, fresh=True)
+
+    def writer(name: str, wait: float):
+        def run(progress):
+            time.sleep(wait)
+            store.stage_dir("activations", "k").joinpath(name).write_text(name)
+            return {}
+        return Task(name, run)
+
+    run_tasks([writer("first", 0.0), writer("second", 0.5)], 2)
+    d = store.stage_dir("activations", "k")  # the parent: what its workers wrote stays
+    assert sorted(p.name for p in d.iterdir()) == ["first", "second"]
+    assert not any(RunStore(tmp_path, fresh=True).stage_dir("activations", "k").iterdir())
+
+
+def test_only_small_cpu_models_go_to_workers(tmp_path):
+    import torch
+
+    from mesascope.workers import SMALL_MODEL_BYTES, can_fork
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1024)
+    assert can_fork(torch.device("cpu"), tmp_path) and not can_fork(torch.device("cuda"), tmp_path)
+    with open(tmp_path / "model-00002.safetensors", "wb") as f:
+        f.truncate(SMALL_MODEL_BYTES)  # sparse: the size is what counts
+    assert not can_fork(torch.device("cpu"), tmp_path)
