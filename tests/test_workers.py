@@ -83,8 +83,8 @@ def _strip(results: dict) -> dict:
 
 @pytest.mark.slow
 def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes_once(tmp_path, monkeypatch):
-    """Both stress curves, the measurement and every demo detector in two workers: the same results, bit for
-    bit, as one process gives; rerun, nothing is recomputed; with --fresh, each stage once (the parent reads
+    """Both stress curves, the measurement and every demo detector in two one-thread workers: the same results,
+    bit for bit, as one two-thread process gives; rerun, nothing is recomputed; with --fresh, each stage once (the parent reads
     what its workers wrote rather than clearing it again)."""
     from mesascope.pipeline import DemoSpec, Run, run_demo
 
@@ -92,7 +92,14 @@ def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes
                     stress={"lrs": [3e-3, 1e-3], "steps": 10, "batch_size": 8, "eval_at": [0, 10], "n_eval": 16},
                     probe={"n_train": 24, "n_test": 24, "n_bootstrap": 100, "n_random_directions": 8},
                     patch={"n_pairs": 4, "n_bootstrap": 100}, steer={"coefs": [-1.0], "n_eval": 16})
-    one = _strip(run_demo(demo, tmp_path / "one").model_dump(mode="json"))
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the one process as a 2-core machine runs it: two threads, where workers take one
+    try:
+        one = _strip(run_demo(demo, tmp_path / "one").model_dump(mode="json"))
+    finally:
+        torch.set_num_threads(threads)
 
     calls = []
     original = Run.in_workers

@@ -164,13 +164,14 @@ class Run:
         return [StressPoint.model_validate(r) for r in rows]
 
     def in_workers(self, stress: StressSpec | None, eval_spec: EvalSpec, detectors: Sequence[tuple[str, Spec]] = (),
-                   workers: int | None = None) -> None:
+                   workers: int | None = None, measure: bool = True) -> None:
         """Compute at once, in forked one-thread workers (workers.py), what `stress(stress, eval_spec)`,
         `measure(eval_spec)` and `detect(name, spec)` for each of `detectors` would compute here one after
         another; those calls then read it from the store. Each stress curve is a task, and each detector,
         and the measurement, longest first (detectors that share a capture, the probes and steering, wait
         for whichever began it: `Context.last_token_acts`). Nothing happens off a CPU, with one worker
-        (one torch thread), for a large model (`can_fork`), or when all is stored already."""
+        (one torch thread), for a large model (`can_fork`), or when all is stored already. With
+        `measure=False` the measurement is left to the caller (one that measures with another eval spec)."""
         from .training.stress import stress_curve, stress_stage
         from .workers import Task, can_fork, default_workers, run_tasks
 
@@ -185,7 +186,7 @@ class Run:
         tasks += [Task(name, self._task(lambda name=name, spec=spec: self.detect(name, spec)))
                   for name, spec in detectors if get_detector(name).skip_reason(self.recipe) is None
                   and not self.store.is_done(self._stage_dir(name, spec))]
-        if not self.store.is_done(self._stage_dir("measure", eval_spec)):
+        if measure and not self.store.is_done(self._stage_dir("measure", eval_spec)):
             tasks.append(Task("measure", self._task(lambda: self.measure(eval_spec))))
         workers = default_workers(len(tasks)) if workers is None else min(workers, len(tasks))
         if workers < 2 or not can_fork(runtime().torch_device, organism.path):

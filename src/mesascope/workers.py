@@ -2,11 +2,12 @@
 
 Once an organism exists, its stress curves (one per learning rate), its measurement and its detectors
 each read the organism alone. On a CPU a model this small gains far less from a second thread than
-from a second process: the default demo's stress curve takes 17 s on two threads and 23 s on one, and
-two one-thread workers draw both curves in 23 s (docs/demo.md). `run_tasks` runs such tasks on
+from a second process: the default demo's stress curve takes only about a third longer on one thread
+than on two, so two one-thread workers draw both curves far sooner than one process draws them one
+after the other (docs/demo.md). `run_tasks` runs such tasks on
 `workers` forked processes, longest first as given, each writing its stages into the run store
-exactly as the parent would (same files, same bits: a stage's floats do not depend on the thread
-count here, which tests/test_workers.py checks); the parent then reads them back through its usual
+exactly as the parent would (same files; the same bits as one two-thread process, which
+tests/test_workers.py checks on a tiny organism and docs/demo.md's runs showed on the default); the parent then reads them back through its usual
 calls, so results, resuming after a kill and `--fresh` behave as in one process.
 
 Fork, not spawn: a worker inherits the imported library, the corpus and the organism's spec instead of

@@ -67,6 +67,8 @@ def stages(run, demo) -> dict[str, dict]:
     from ..detectors.registry import Skipped, get_detector
 
     out = {}
+    run.in_workers(demo.stress, demo.eval, [(name, demo.detector_spec(name)) for name in demo.demo_detectors],
+                   measure=False)  # at once, on a CPU with two or more threads (workers.py)
     points = run.stress(demo.stress, demo.eval)
     for p in points:
         if p.step == max(q.step for q in points if q.lr == p.lr and q.method == p.method):
