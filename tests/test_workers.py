@@ -82,11 +82,11 @@ def _strip(results: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes_once(tmp_path, monkeypatch):
+def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes_once(tmp_path):
     """Both stress curves, the measurement and every demo detector in two one-thread workers: the same results,
     bit for bit, as one two-thread process gives; rerun, nothing is recomputed; with --fresh, each stage once (the parent reads
     what its workers wrote rather than clearing it again)."""
-    from mesascope.pipeline import DemoSpec, Run, run_demo
+    from mesascope.pipeline import DemoSpec, run_demo
 
     demo = DemoSpec(recipe=make_tiny_recipe(name="workers"), eval=EvalSpec(n=24, batch_size=32, n_samples=2),
                     stress={"lrs": [3e-3, 1e-3], "steps": 10, "batch_size": 8, "eval_at": [0, 10], "n_eval": 16},
@@ -97,23 +97,21 @@ def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the one process as a 2-core machine runs it: two threads, where workers take one
     try:
-        one = _strip(run_demo(demo, tmp_path / "one").model_dump(mode="json"))
+        one = _strip(run_demo(demo, tmp_path / "one", workers=1).model_dump(mode="json"))
+        assert "workers" not in json.loads((tmp_path / "one" / "results.json").read_text())["timings"]
     finally:
         torch.set_num_threads(threads)
 
-    calls = []
-    original = Run.in_workers
-    monkeypatch.setattr(Run, "in_workers", lambda self, *a, **kw: calls.append(1) or original(self, *a, workers=2))
-    run = run_demo(demo, tmp_path / "two")
-    assert calls and run.timings["workers"] == 2 and run.timings["in_workers_s"] > 0
+    run = run_demo(demo, tmp_path / "two", workers=2)
+    assert run.timings["workers"] == 2 and run.timings["in_workers_s"] > 0
     assert _strip(run.model_dump(mode="json")) == one
 
     curve = next((tmp_path / "two").glob("runs/stress-*/curve-lr0.001.json"))
     before = curve.stat().st_mtime_ns
-    again = run_demo(demo, tmp_path / "two")
+    again = run_demo(demo, tmp_path / "two", workers=2)
     assert "in_workers_s" not in again.timings and curve.stat().st_mtime_ns == before  # all stored: no workers
 
-    fresh = run_demo(demo, tmp_path / "two", fresh=True)
+    fresh = run_demo(demo, tmp_path / "two", fresh=True, workers=2)
     after = curve.stat().st_mtime_ns
     assert after != before and fresh.timings["workers"] == 2 and _strip(fresh.model_dump(mode="json")) == one
     # The stress stage was cleared once, by the parent, before its workers wrote into it: both curves are there.

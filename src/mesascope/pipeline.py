@@ -315,12 +315,15 @@ def stress_notes(stress: list[StressPoint]) -> list[str]:
 
 
 def run_demo(spec: DemoBase, out: str | Path, *, fresh: bool = False, progress: Progress = silent,
-             results_path: Path | None = None) -> RunResults:
-    """Build, measure, stress-test and run the demo's detectors on one organism; write results.json and report.html."""
+             results_path: Path | None = None, workers: int | None = None) -> RunResults:
+    """Build, measure, stress-test and run the demo's detectors on one organism; write results.json and report.html.
+    The stages after the build run in `workers` forked one-thread processes (default: one per torch thread;
+    1: all in this process), as `Run.in_workers` says."""
     t0 = time.perf_counter()
     out = Path(out)
     run = Run(RunStore(out, fresh=fresh), spec.recipe, progress)
-    run.in_workers(spec.stress, spec.eval, [(name, spec.detector_spec(name)) for name in spec.demo_detectors])
+    run.in_workers(spec.stress, spec.eval, [(name, spec.detector_spec(name)) for name in spec.demo_detectors],
+                   workers=workers)
     measurements = run.measure(spec.eval)
     stress_rows = run.stress(spec.stress, spec.eval)
     detected = {name: run.detect(name, spec.detector_spec(name)) for name in spec.demo_detectors}
