@@ -31,16 +31,18 @@ MESASCOPE = [sys.executable, "-c", "from mesascope.cli import app; app()"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_to_end(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+def run_to_end(cmd: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env or ENV)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
     return done
 
 
-def kill_after(cmd: list[str], events: Callable[[], int], k: int, delay: float, timeout: float = 120) -> None:
+def kill_after(cmd: list[str], events: Callable[[], int], k: int, delay: float, timeout: float = 120,
+               env: dict | None = None, leader_only: bool = False) -> None:
     """Run `cmd`, and SIGKILL its process group `delay` s after `events()` first reaches `k`.
-    Fails if the process ends first: a kill that never happened tests nothing."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+    Fails if the process ends first: a kill that never happened tests nothing. `leader_only` kills the
+    command's own process alone (as the OOM killer would), and fails unless the workers it forked go too."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env or ENV,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
@@ -50,10 +52,25 @@ def kill_after(cmd: list[str], events: Callable[[], int], k: int, delay: float, 
             time.sleep(0.005)
         time.sleep(delay)
         assert proc.poll() is None, f"the run finished before the kill (event {k} + {delay:.2f} s)"
+        if leader_only:
+            proc.kill()
+            proc.wait()
+            deadline = time.monotonic() + 10
+            while _group_alive(proc.pid):
+                assert time.monotonic() < deadline, "workers outlived the killed command by 10 s"
+                time.sleep(0.1)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None or _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def snapshot(paths) -> dict[Path, int]:
@@ -107,18 +124,25 @@ def stressed(organism_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 # adversarial's seed 5 kills in its second curve, which must train against the red team stored by the first.
-@pytest.mark.parametrize("method,seed", [("hhh_sft", 0), ("hhh_sft", 1), ("adversarial", 5)])
-def test_stress_killed_at_a_random_point_resumes_bit_identically(organism_dir, stressed, tmp_path, method, seed):
+# With 2 threads the command draws its curves in two forked one-thread workers (workers.py), against a reference
+# drawn in one process: killed with its workers (seed 7), or alone, its workers left to notice (seed 3).
+@pytest.mark.parametrize("method,seed,threads", [("hhh_sft", 0, 1), ("hhh_sft", 1, 1), ("adversarial", 5, 1),
+                                                 ("hhh_sft", 7, 2), ("adversarial", 3, 2)])
+def test_stress_killed_at_a_random_point_resumes_bit_identically(organism_dir, stressed, tmp_path, method, seed,
+                                                                   threads):
     rng = random.Random(seed)
     out, ref = tmp_path / "out", stressed[method]
     cmd = stress_cmd(organism_dir, tmp_path, method, out)
-    kill_after(cmd, lambda: stress_events(out), rng.randint(1, 6), rng.uniform(0.0, 0.3))
+    env = {**ENV, "OMP_NUM_THREADS": str(threads)}
+    kill_after(cmd, lambda: stress_events(out), rng.randint(1, 6), rng.uniform(0.0, 0.3), env=env,
+               leader_only=seed == 3)
     stage = next(out.glob("runs/stress-*"))
     ref_stage = ref / "runs" / stage.name
     assert ref_stage.is_dir(), "the killed run's stress stage is another one than the uninterrupted run's"
     kept = snapshot(stage.glob("curve-lr*.json"))  # finished curves: never trained again
     kept |= snapshot(p for c in kept for p in stage.glob(f"stressed-lr{c.stem.removeprefix('curve-lr')}/*"))
-    run_to_end(cmd)
+    missing = len(LRS) - len(list(stage.glob("curve-lr*.json")))
+    done = run_to_end(cmd, env)
     assert snapshot(kept) == kept, "a curve finished before the kill was computed again"
     for lr in LRS:
         curve = f"curve-lr{lr}.json"
@@ -129,6 +153,8 @@ def test_stress_killed_at_a_random_point_resumes_bit_identically(organism_dir, s
             assert (got / name).read_bytes() == (want / name).read_bytes(), f"{name} at lr={lr} differs"
     results, want = (json.loads((d / "results.json").read_text()) for d in (out, ref))
     assert results["stress"] == want["stress"] and results["metrics"] == want["metrics"]
+    if threads == 1 or missing >= 2:  # (one curve left, and the measurement done before the kill: one task)
+        assert ("workers" in results["timings"]) == (threads > 1), (missing, results["timings"], done.stdout)
 
 
 # --- (b) a sweep: 2 organisms, then 4 cells (a stress stage and a cell marker each), one worker process

@@ -148,3 +148,42 @@ def test_only_small_cpu_models_go_to_workers(tmp_path):
     with open(tmp_path / "model-00002.safetensors", "wb") as f:
         f.truncate(SMALL_MODEL_BYTES)  # sparse: the size is what counts
     assert not can_fork(torch.device("cpu"), tmp_path)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie no one has reaped yet is dead too
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to see the worker go")
+def test_workers_die_with_a_parent_killed_outright(tmp_path):
+    """kill -9 of the command alone (the OOM killer's way) leaves no worker computing on into its store."""
+    import multiprocessing
+
+    pid_file = tmp_path / "worker.pid"
+
+    def parent():
+        def long(progress):
+            pid_file.write_text(str(os.getpid()))
+            time.sleep(60)
+            return {}
+        run_tasks([Task("long", long), Task("other", long)], 2)
+
+    proc = multiprocessing.get_context("fork").Process(target=parent)
+    proc.start()
+    deadline = time.monotonic() + 30
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    deadline = time.monotonic() + 5
+    while not _gone(worker):
+        if time.monotonic() > deadline:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent by 5 s")
+        time.sleep(0.1)
