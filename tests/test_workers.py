@@ -55,7 +55,8 @@ def test_a_killed_worker_is_a_one_line_error_naming_its_task():
     def killed(progress):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    with pytest.raises(MesascopeError, match=r"died \(exit code -9\) while running stress lr=0\.003.*run the command again"):
+    died = r"died \(exit code -9\) while running stress lr=0\.003.*run the command again"
+    with pytest.raises(MesascopeError, match=died):
         run_tasks([Task("stress lr=0.003", killed), _pid_task("other")], 2, poll_s=0.1)
 
 
@@ -84,8 +85,8 @@ def _strip(results: dict) -> dict:
 @pytest.mark.slow
 def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes_once(tmp_path):
     """Both stress curves, the measurement and every demo detector in two one-thread workers: the same results,
-    bit for bit, as one two-thread process gives; rerun, nothing is recomputed; with --fresh, each stage once (the parent reads
-    what its workers wrote rather than clearing it again)."""
+    bit for bit, as one two-thread process gives; rerun, nothing is recomputed; with --fresh, each stage once
+    (the parent reads what its workers wrote rather than clearing it again)."""
     from mesascope.pipeline import DemoSpec, run_demo
 
     demo = DemoSpec(recipe=make_tiny_recipe(name="workers"), eval=EvalSpec(n=24, batch_size=32, n_samples=2),

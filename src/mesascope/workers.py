@@ -4,10 +4,10 @@ Once an organism exists, its stress curves (one per learning rate), its measurem
 each read the organism alone. On a CPU a model this small gains far less from a second thread than
 from a second process: the default demo's stress curve takes only about a third longer on one thread
 than on two, so two one-thread workers draw both curves far sooner than one process draws them one
-after the other (docs/demo.md). `run_tasks` runs such tasks on
-`workers` forked processes, longest first as given, each writing its stages into the run store
-exactly as the parent would (same files; the same bits as one two-thread process, which
-tests/test_workers.py checks on a tiny organism and docs/demo.md's runs showed on the default); the parent then reads them back through its usual
+after the other (docs/demo.md). `run_tasks` runs such tasks on `workers` forked processes, longest
+first as given, each writing its stages into the run store exactly as the parent would (the same
+files, and the same bits as one two-thread process: tests/test_workers.py checks it on a tiny
+organism, docs/demo.md's runs on the default); the parent then reads them back through its usual
 calls, so results, resuming after a kill and `--fresh` behave as in one process.
 
 Fork, not spawn: a worker inherits the imported library, the corpus and the organism's spec instead of
@@ -79,7 +79,8 @@ def _worker(tasks: Sequence[Task], todo, out, held, slot: int, parent: int) -> N
         out.put(("done", i, timed))
 
 
-def run_tasks(tasks: Sequence[Task], workers: int, progress: Progress = silent, poll_s: float = 0.5) -> dict[str, float]:
+def run_tasks(tasks: Sequence[Task], workers: int, progress: Progress = silent,
+              poll_s: float = 0.5) -> dict[str, float]:
     """Run `tasks` on `workers` forked one-thread processes, each taking the next task when it finishes one;
     returns the timings they report, summed by name. The first error a task raises is raised here, after
     the other workers are stopped (what they finished stays in the store); a worker that dies (killed,
@@ -96,13 +97,18 @@ def run_tasks(tasks: Sequence[Task], workers: int, progress: Progress = silent, 
     for p in procs:
         p.start()
     timings: dict[str, float] = {}
-    pending = set(range(len(tasks)))
+    pending, all_gone = set(range(len(tasks))), False
     try:
         while pending:
             try:
                 kind, i, *rest = out.get(timeout=poll_s)
             except queue.Empty:
-                _check_alive(procs, held, tasks, pending)
+                # A worker's messages are in the pipe before it exits, so one more quiet poll after the last
+                # exit means none is coming.
+                if all_gone:
+                    raise MesascopeError(f"the workers stopped with {', '.join(tasks[i].name for i in sorted(pending))}"
+                                         " unfinished", "run the command again: every stage finished so far is kept")
+                all_gone = _all_gone(procs, held, tasks)
                 continue
             if kind == "progress":
                 progress(i, *rest)
@@ -122,17 +128,17 @@ def run_tasks(tasks: Sequence[Task], workers: int, progress: Progress = silent, 
     return timings
 
 
-def _check_alive(procs, held, tasks: Sequence[Task], pending: set[int]) -> None:
+def _all_gone(procs, held, tasks: Sequence[Task]) -> bool:
+    """Whether every worker has exited; a MesascopeError naming its task if one died (a killed worker's last
+    messages may be lost, so it is not waited for)."""
     for w, p in enumerate(procs):
         if p.exitcode not in (None, 0):
             task = tasks[held[w]].name if held[w] >= 0 else "no task yet"
             raise MesascopeError(f"a worker process died (exit code {p.exitcode}) while running {task}",
                                  "run the command again: every stage finished so far is kept and reused")
-    if all(p.exitcode is not None for p in procs):  # all gone, their queue drained, and still tasks pending
-        raise MesascopeError(f"the workers stopped with {', '.join(sorted(tasks[i].name for i in pending))} unfinished",
-                             "run the command again: every stage finished so far is kept and reused")
+    return all(p.exitcode is not None for p in procs)
 
 
 def default_workers(n_tasks: int) -> int:
-    """One worker per torch thread this process was given (all the cores, or `--threads`), at most one a task."""
+    """One worker per torch thread this process has (the cores by default, or OMP_NUM_THREADS), at most one a task."""
     return max(1, min(torch.get_num_threads(), n_tasks))

@@ -206,7 +206,8 @@ def _timings(results: dict) -> str:
     apart = ("total_s", "in_workers_s", "workers")
     rows = [[_e(stage), _e(_secs(t))] for stage, t in timings.items() if stage not in apart]
     if "in_workers_s" in timings:  # stages run at once in forked workers (workers.py): theirs are worker seconds
-        rows.append([_e(f"stress, measurement and detectors at once in {_secs(timings.get('workers', '?'))[:-2]} "
+        n = as_finite(timings.get("workers"))
+        rows.append([_e(f"stress, measurement and detectors at once in {int(n) if n is not None else 'several'} "
                         "one-thread workers (their rows above: seconds in a worker)"),
                      _e(_secs(timings["in_workers_s"]))])
     total = as_finite(timings.get("total_s"))
