@@ -19,17 +19,23 @@ from mesascope.workers import Task, run_tasks
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers fork, and this platform cannot")
 
 
-def _pid_task(name: str):
+def _pid_task(name: str, meet=None):
+    """A task that reports its pid; with `meet` (a folder), it waits until two processes have arrived there,
+    so two workers must have taken tasks however slowly the second one started."""
     def run(progress):
         progress(name, 1, 1)
-        time.sleep(0.2)  # long enough that the other worker takes the next task
+        if meet is not None:
+            (meet / str(os.getpid())).touch()
+            deadline = time.monotonic() + 20
+            while len(list(meet.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
         return {"t_s": 1.0, f"{name}_pid": float(os.getpid())}
     return Task(name, run)
 
 
-def test_tasks_run_in_other_processes_and_report_back():
+def test_tasks_run_in_other_processes_and_report_back(tmp_path):
     seen = []
-    timed = run_tasks([_pid_task(f"t{i}") for i in range(4)], 2, lambda task, done, total: seen.append(task))
+    timed = run_tasks([_pid_task(f"t{i}", tmp_path) for i in range(4)], 2, lambda task, done, total: seen.append(task))
     assert timed["t_s"] == 4.0 and sorted(seen) == ["t0", "t1", "t2", "t3"]
     pids = {timed[f"t{i}_pid"] for i in range(4)}
     assert len(pids) == 2 and os.getpid() not in pids
@@ -85,23 +91,18 @@ def _strip(results: dict) -> dict:
 @pytest.mark.slow
 def test_the_demo_in_workers_equals_the_demo_in_one_process_and_fresh_recomputes_once(tmp_path):
     """Both stress curves, the measurement and every demo detector in two one-thread workers: the same results,
-    bit for bit, as one two-thread process gives; rerun, nothing is recomputed; with --fresh, each stage once
-    (the parent reads what its workers wrote rather than clearing it again)."""
+    bit for bit, as one process gives; rerun, nothing is recomputed; with --fresh, each stage once (the parent
+    reads what its workers wrote rather than clearing it again)."""
     from mesascope.pipeline import DemoSpec, run_demo
 
     demo = DemoSpec(recipe=make_tiny_recipe(name="workers"), eval=EvalSpec(n=24, batch_size=32, n_samples=2),
                     stress={"lrs": [3e-3, 1e-3], "steps": 10, "batch_size": 8, "eval_at": [0, 10], "n_eval": 16},
                     probe={"n_train": 24, "n_test": 24, "n_bootstrap": 100, "n_random_directions": 8},
                     patch={"n_pairs": 4, "n_bootstrap": 100}, steer={"coefs": [-1.0], "n_eval": 16})
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the one process as a 2-core machine runs it: two threads, where workers take one
-    try:
-        one = _strip(run_demo(demo, tmp_path / "one", workers=1).model_dump(mode="json"))
-        assert "workers" not in json.loads((tmp_path / "one" / "results.json").read_text())["timings"]
-    finally:
-        torch.set_num_threads(threads)
+    # One process on this test process's threads (one under xdist: two here would spin against the other test
+    # process and the workers); bench/demo_stages.py compares the default organism against two threads.
+    one = _strip(run_demo(demo, tmp_path / "one", workers=1).model_dump(mode="json"))
+    assert "workers" not in json.loads((tmp_path / "one" / "results.json").read_text())["timings"]
 
     run = run_demo(demo, tmp_path / "two", workers=2)
     assert run.timings["workers"] == 2 and run.timings["in_workers_s"] > 0
@@ -188,3 +189,13 @@ def test_workers_die_with_a_parent_killed_outright(tmp_path):
             os.kill(worker, signal.SIGKILL)
             pytest.fail("the worker outlived its killed parent by 5 s")
         time.sleep(0.1)
+
+
+def test_workers_only_when_every_thread_gets_one(monkeypatch):
+    import torch
+
+    from mesascope.workers import default_workers
+
+    for threads, tasks, want in ((1, 7, 1), (2, 7, 2), (2, 2, 2), (2, 1, 1), (4, 7, 4), (16, 7, 1)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        assert default_workers(tasks) == want, (threads, tasks)

@@ -6,13 +6,15 @@ from a second process: the default demo's stress curve takes only about a third 
 than on two, so two one-thread workers draw both curves far sooner than one process draws them one
 after the other (docs/demo.md). `run_tasks` runs such tasks on `workers` forked processes, longest
 first as given, each writing its stages into the run store exactly as the parent would (the same
-files, and the same bits as one two-thread process: tests/test_workers.py checks it on a tiny
-organism, docs/demo.md's runs on the default); the parent then reads them back through its usual
-calls, so results, resuming after a kill and `--fresh` behave as in one process.
+files and bits: tests/test_workers.py checks it against one process on a tiny organism, and
+bench/demo_stages.py against one two-thread process on the default); the parent then reads them back
+through its usual calls, so results, resuming after a kill and `--fresh` behave as in one process.
 
 Fork, not spawn: a worker inherits the imported library, the corpus and the organism's spec instead of
 spending ~5 s importing torch and transformers. Each worker sets one torch thread before any work, as
-PyTorch's DataLoader workers do, so no OpenMP thread pool is entered after the fork. A process that
+PyTorch's DataLoader workers do, so no OpenMP thread pool is entered after the fork (a forked child
+that used two threads after its parent had hung in its first parallel region, tried on torch 2.13's
+CPU wheel). A process that
 has started CUDA cannot fork, so runs on a GPU keep their stages in one process, as do large models,
 which use a second thread well and would need a copy of their weights per worker (`can_fork`).
 """
@@ -140,5 +142,8 @@ def _all_gone(procs, held, tasks: Sequence[Task]) -> bool:
 
 
 def default_workers(n_tasks: int) -> int:
-    """One worker per torch thread this process has (the cores by default, or OMP_NUM_THREADS), at most one a task."""
-    return max(1, min(torch.get_num_threads(), n_tasks))
+    """One worker per torch thread this process has (the cores by default, or OMP_NUM_THREADS) when there are
+    at least as many tasks; otherwise 1, the stages in this process. A worker keeps to one thread (below), so
+    with more threads than tasks, workers would leave cores idle that one process's threads would use."""
+    threads = torch.get_num_threads()
+    return threads if 2 <= threads <= n_tasks else 1
