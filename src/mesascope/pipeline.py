@@ -103,7 +103,10 @@ class Run:
         return cls(store, organism.recipe, progress, _organism=organism.use_dialogue())
 
     def _timed(self, name: str, t0: float) -> None:
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 2)
+        self._add_time(name, time.perf_counter() - t0)
+
+    def _add_time(self, name: str, seconds: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 2)
 
     @property
     def corpus(self) -> Corpus:
@@ -172,7 +175,7 @@ class Run:
         for whichever began it: `Context.last_token_acts`). Nothing happens off a CPU, with one worker
         (one torch thread), for a large model (`can_fork`), or when all is stored already. With
         `measure=False` the measurement is left to the caller (one that measures with another eval spec)."""
-        from .training.stress import stress_curve, stress_stage
+        from .training.stress import curve_file, stress_curve, stress_stage
         from .workers import Task, can_fork, default_workers, run_tasks
 
         organism, corpus = self.organism, self.corpus  # built here, once, and inherited by every worker
@@ -182,7 +185,7 @@ class Run:
             stage = stress_stage(organism, stress, eval_spec, self.store)  # (--fresh clears it here, once)
             tasks += [Task(f"stress lr={lr:g}", self._task(
                 lambda lr=lr: stress_curve(organism, corpus, stress, eval_spec, self.store, lr, self.progress),
-                "stress_s")) for lr in stress.lrs if not (stage / f"curve-lr{lr:g}.json").exists()]
+                "stress_s")) for lr in stress.lrs if not curve_file(stage, lr).exists()]
         tasks += [Task(name, self._task(lambda name=name, spec=spec: self.detect(name, spec)))
                   for name, spec in detectors if get_detector(name).skip_reason(self.recipe) is None
                   and not self.store.is_done(self._stage_dir(name, spec))]
@@ -193,7 +196,7 @@ class Run:
             return
         t0 = time.perf_counter()
         for name, seconds in run_tasks(tasks, workers, self.progress).items():
-            self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 2)
+            self._add_time(name, seconds)
         self._timed("in_workers_s", t0)
         self.timings["workers"] = workers
 

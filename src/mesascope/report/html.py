@@ -203,8 +203,8 @@ def _timings(results: dict) -> str:
     timings = _dict(results.get("timings"))
     if not timings:
         return NOT_MEASURED
-    apart = ("total_s", "in_workers_s", "workers")
-    rows = [[_e(stage), _e(_secs(t))] for stage, t in timings.items() if stage not in apart]
+    stages = {s: t for s, t in timings.items() if s not in ("total_s", "in_workers_s", "workers")}
+    rows = [[_e(stage), _e(_secs(t))] for stage, t in stages.items()]
     if "in_workers_s" in timings:  # stages run at once in forked workers (workers.py): theirs are worker seconds
         n = as_finite(timings.get("workers"))
         rows.append([_e(f"stress, measurement and detectors at once in {int(n) if n is not None else 'several'} "
@@ -212,7 +212,7 @@ def _timings(results: dict) -> str:
                      _e(_secs(timings["in_workers_s"]))])
     total = as_finite(timings.get("total_s"))
     if total is None:
-        total = sum(f for s, f in ((s, as_finite(t)) for s, t in timings.items()) if f is not None and s not in apart)
+        total = sum(f for f in map(as_finite, stages.values()) if f is not None)
     rows.append(["<b>total (wall)</b>" if "total_s" in timings else "<b>total</b>", f"<b>{total:.1f}</b>"])
     return _table(["Stage", "Seconds"], rows, num_cols=(1,))
 

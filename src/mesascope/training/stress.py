@@ -133,21 +133,26 @@ def stress_stage(organism: Organism, spec: StressConfig, eval_spec: EvalSpec, st
                                             eval_spec.digest()))
 
 
+def curve_file(stage: Path, lr: float) -> Path:
+    """Where the stage keeps its curve at `lr` (there once the curve is finished)."""
+    return stage / f"curve-lr{lr:g}.json"
+
+
 def stress_curve(organism: Organism, corpus: Corpus, spec: StressConfig, eval_spec: EvalSpec, store: RunStore,
                  lr: float, progress: Progress = silent) -> list[dict]:
     """One persistence curve, at `lr`: computed and stored, or read back. Curves at other learning rates are
     independent of it, so forked workers may draw them at once (workers.py)."""
     spec.check(organism.recipe)
     stage = stress_stage(organism, spec, eval_spec, store)
-    curve_file = stage / f"curve-lr{lr:g}.json"
+    done = curve_file(stage, lr)
     task = f"stress {spec.method} lr={lr:g}"
-    if curve_file.exists():
+    if done.exists():
         progress(task, spec.steps, spec.steps)
-        return labelled(store.read_json(curve_file))
+        return labelled(store.read_json(done))
     progress(task, 0, spec.steps)
     ctx = StressContext(organism, corpus, spec, eval_spec, stage, progress)
     result = spec.curve(ctx, lr, lambda s: progress(task, s, spec.steps))
-    atomic_write_json(curve_file, result)
+    atomic_write_json(done, result)
     return result
 
 
